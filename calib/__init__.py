@@ -1,0 +1,1 @@
+"""Block-wise post-training quantization: RTN, LWC (OmniQuant), LSI and DESV."""

@@ -1,0 +1,1 @@
+"""CUDA schedule rules for the fused dequantize-matmul kernels of every export mode."""
