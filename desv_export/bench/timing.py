@@ -1,0 +1,117 @@
+"""Timing and memory probes shared by our engine's runs and the baselines'.
+
+Speed is defined as MLC-LLM defines it: prefill tok/s = prompt tokens / time to first token,
+decode tok/s = (generated tokens - 1) / (finish - first token). Each figure is the median of
+several runs after warm-up runs that are not counted.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Run:
+    """One generation: wall-clock stamps of the start, the first token and the finish."""
+
+    prompt_len: int
+    start: float
+    first_token: float
+    finish: float
+    generated: int
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_len / (self.first_token - self.start)
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (self.generated - 1) / (self.finish - self.first_token)
+
+
+@dataclass
+class Timer:
+    """Collects stamps for one run: call ``token()`` as each generated token arrives."""
+
+    prompt_len: int
+    stamps: list[float] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def token(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def run(self) -> Run:
+        return Run(self.prompt_len, self.start, self.stamps[0], self.stamps[-1], len(self.stamps))
+
+
+def summarize(runs: list[Run]) -> dict:
+    """Medians plus every raw stamp, so the JSON lets anyone recompute the table."""
+    return {
+        "prefill_tok_s": statistics.median(r.prefill_tok_s for r in runs),
+        "decode_tok_s": statistics.median(r.decode_tok_s for r in runs),
+        "raw": [
+            {"prefill_s": r.first_token - r.start, "decode_s": r.finish - r.first_token,
+             "generated": r.generated, "prompt_len": r.prompt_len}
+            for r in runs
+        ],
+    }
+
+
+def reset_peak_rss() -> None:
+    """Start a new high-water mark at the current resident size (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory since start or ``reset_peak_rss``.
+
+    Read from /proc (VmHWM) rather than ru_maxrss, which Linux carries over from the parent
+    across fork and exec and so would report the benchmark driver's peak, not this process's.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def copy_bandwidth_cpu(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Measured memcpy bandwidth in bytes/s (read + write counted once, like a weight read)."""
+    import numpy as np
+
+    src = np.ones(nbytes, dtype=np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    # A copy reads nbytes and writes nbytes; decode only reads weights, so count both streams.
+    return 2 * nbytes / best
+
+
+def copy_bandwidth_cuda(nbytes: int = 1 << 30, repeats: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s, timed with CUDA events (torch)."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return 2 * nbytes / statistics.median(times)

@@ -1,0 +1,43 @@
+"""``desv-export bench``: the deployment table (paper Table 6) on the machine at hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bench.presets import SYNTHETIC
+from ..bench.run import DEFAULT_MODES
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--synthetic", type=click.Choice(sorted(SYNTHETIC)), help="Random weights of this architecture.")
+@click.option("--modes", default=",".join(DEFAULT_MODES), show_default=True, help="Comma-separated export modes.")
+@click.option("--target", type=click.Choice(["llvm", "cuda", "auto"]), default="auto", show_default=True)
+@click.option("--arch", default=None, help="CUDA arch (sm_80, sm_90, ...); default: the visible GPU's.")
+@click.option("--prompt-len", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--gen-len", default=256, show_default=True, type=click.IntRange(2))
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="Measured runs (median).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
+@click.option("--no-hf-baseline", is_flag=True, help="Skip the transformers generate() row.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
+def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, no_hf_baseline, out_dir) -> None:
+    """Weight memory, running memory, prefill and decode tok/s per mode, beside the HF baseline.
+
+    MODEL is an HF directory (exported in each mode), or an exported weight directory (its one
+    mode); or pass --synthetic NAME. Writes OUT/<name>.md, .json and .png.
+    """
+    from ..bench import report
+    from ..bench.run import run_bench
+
+    result = run_bench(
+        out_dir=out_dir, source=model, synthetic=synthetic,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()), target=target, arch=arch,
+        prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup,
+        hf_baseline=not no_hf_baseline, log=lambda s: click.echo(s, err=True),
+    )
+    stem = f"deploy_{(synthetic or Path(model).name)}_{result['target']}"
+    paths = report.write(result, out_dir, stem)
+    click.echo(report.markdown(result))
+    click.echo(f"Wrote {', '.join(str(p) for p in paths)}", err=True)
