@@ -1,0 +1,1 @@
+"""Tests of desv_export.compile and the model library it builds."""

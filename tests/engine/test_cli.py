@@ -1,0 +1,150 @@
+"""generate and chat through the CLI, and the engine's user errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from desv_export.cli import main
+from desv_export.errors import UserError
+from tests.engine import libraries as L
+
+
+@pytest.fixture(scope="module")
+def q4(build_root, tiny_llama_dir):
+    wd = L.weight_dir(build_root, tiny_llama_dir, "q4f16_1")
+    return wd, L.library(build_root, wd)
+
+
+def _run(args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def test_generate_prints_only_text_and_stats_on_stderr(q4):
+    from desv_export.engine.generation import Generator
+    from desv_export.engine.sampler import SamplingConfig
+
+    wd, lib = q4
+    args = ["generate", wd, "--model-lib", lib, "--prompt", "the market", "--max-new-tokens", 12,
+            "--temperature", 0]
+    plain = _run(args)
+    assert plain.exit_code == 0, plain.output
+    with_stats = _run(args + ["--stats"])
+    assert with_stats.exit_code == 0
+    assert with_stats.stdout == plain.stdout  # stats never reach stdout
+    assert "prefill:" in with_stats.stderr and "decode:" in with_stats.stderr and "tok/s" in with_stats.stderr
+    # stdout is exactly the greedy continuation the engine computes
+    gen = Generator.open(wd, lib, "cpu")
+    expected = gen.complete("the market", max_new_tokens=12, sampling=SamplingConfig()).text
+    assert plain.stdout == expected + "\n"
+
+
+def test_sampling_is_seeded(q4):
+    wd, lib = q4
+    args = ["generate", wd, "--model-lib", lib, "--prompt", "stocks", "--max-new-tokens", 16,
+            "--temperature", 1.5, "--top-p", 0.95, "--seed"]
+    a, b, c = _run(args + [1]), _run(args + [1]), _run(args + [2])
+    assert a.exit_code == 0 and a.stdout == b.stdout
+    assert a.stdout != c.stdout
+
+
+def test_chat_two_turns_keeps_the_conversation_in_the_kv_cache(q4):
+    from desv_export.engine.generation import Generator
+    from desv_export.engine.sampler import SamplingConfig
+
+    wd, lib = q4
+    script = "the company said\nshares rose\n/stats\n/reset\n/stats\n/exit\nnever read\n"
+    result = _run(["chat", wd, "--model-lib", lib, "--max-new-tokens", 8], input=script)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "/stats" in out.split("\n")[1] or "special commands" in out  # help printed first
+    assert out.count("prefill:") == 1 and "decode:" in out  # /stats after two turns
+    assert "RESET CHAT SUCCESSFULLY" in out and "no statistics yet" in out
+
+    # The same two turns through the engine: turn 2 only prefills the new tokens, and its
+    # reply equals a from-scratch run on the full two-turn prompt (the cache holds turn 1).
+    gen = Generator.open(wd, lib, "cpu")
+    gen.reset()
+    first = gen.chat("the company said", max_new_tokens=8, sampling=SamplingConfig())
+    cached_before = len(gen.cached)
+    second = gen.chat("shares rose", max_new_tokens=8, sampling=SamplingConfig())
+    assert second.stats.prompt_tokens < len(gen.cached) - cached_before + 30
+    assert second.stats.prompt_tokens < cached_before + second.stats.prompt_tokens
+    full_prompt = gen.conversation.template.get("system_prefix_token_ids") or []
+    ids = full_prompt + gen.tokenizer.encode(_two_turn_prompt(gen, first.text))
+    fresh = Generator.open(wd, lib, "cpu")
+    fresh.reset()
+    again = fresh.generate_ids(ids, max_new_tokens=8, sampling=SamplingConfig())
+    assert again.token_ids == second.token_ids
+    assert first.text in out and second.text in out
+
+
+def _two_turn_prompt(gen, first_reply: str) -> str:
+    from desv_export.engine.conversation import Conversation
+
+    conv = Conversation(gen.conversation.template)
+    conv.add("user", "the company said")
+    conv.add("assistant", first_reply)
+    conv.add("user", "shares rose")
+    conv.add("assistant", None)
+    return conv.as_prompt()
+
+
+def test_chatml_prompt_matches_hf_chat_template(q4, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from desv_export.engine.conversation import Conversation
+    from desv_export.engine.weight_dir import read_weight_dir
+
+    wd, _ = q4
+    conv = Conversation(read_weight_dir(wd).chat_config["conv_template"])
+    conv.add("user", "hi")
+    conv.add("assistant", "hello")
+    conv.add("user", "bye")
+    conv.add("assistant", None)
+    hf = AutoTokenizer.from_pretrained(tiny_llama_dir).apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+         {"role": "user", "content": "bye"}], tokenize=False, add_generation_prompt=True)
+    assert conv.as_prompt() == hf
+
+
+def test_library_and_weight_dir_mismatch(build_root, tiny_llama_dir, tiny_llama_untied_dir):
+    other = L.weight_dir(build_root, tiny_llama_dir, "q3f16_1")
+    wd = L.weight_dir(build_root, tiny_llama_dir, "q4f16_1")
+    result = _run(["generate", other, "--model-lib", L.library(build_root, wd), "--prompt", "x"])
+    assert result.exit_code == 2
+    assert "does not match" in result.output and "q_weight" in result.output
+
+
+def test_missing_tokenizer(tmp_path, q4):
+    wd, lib = q4
+    bare = tmp_path / "bare"
+    shutil.copytree(wd, bare)
+    (bare / "tokenizer.json").unlink()
+    result = _run(["generate", bare, "--model-lib", lib, "--prompt", "x"])
+    assert result.exit_code == 2 and "tokenizer.json" in result.output
+
+
+def test_missing_library(tmp_path, q4):
+    wd, _ = q4
+    result = _run(["chat", wd, "--model-lib", tmp_path / "nope.so"], input="/exit\n")
+    assert result.exit_code == 2 and "nope.so" in result.output
+
+
+def test_sampler_semantics():
+    import numpy as np
+
+    from desv_export.engine.sampler import Sampler, SamplingConfig
+
+    logits = np.array([1.0, 3.0, 2.0, -1.0], "float32")
+    assert Sampler(SamplingConfig(temperature=0))(logits) == 1
+    # repetition penalty: 3.0 / 2 = 1.5 < 2.0, so token 2 wins greedily
+    assert Sampler(SamplingConfig(repetition_penalty=2.0))(logits, seen=[1]) == 2
+    # top-p small enough keeps only the argmax
+    s = Sampler(SamplingConfig(temperature=1.0, top_p=0.05, seed=0))
+    assert {s(logits) for _ in range(20)} == {1}
+    with pytest.raises(UserError):
+        SamplingConfig(temperature=-1)

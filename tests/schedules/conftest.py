@@ -1,0 +1,39 @@
+"""Targets and exact test data for the schedule-rule tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+from tvm_schedules.workloads import random_quantized
+
+CUDA_ARCHS = ("sm_80", "sm_90")
+
+
+def cuda_target(arch: str = "sm_90") -> tvm.target.Target:
+    return tvm.target.Target({"kind": "cuda", "arch": arch})
+
+
+def exact_case(mode: str, n: int, k: int, rows: int, seed: int = 0):
+    """Packed weights and x whose every float16 partial sum is exact.
+
+    Scales are 1/8 or 1/4 (powers of two, varying by group so a wrong group index shows),
+    x is mostly 0 with at most 40 entries of +-1 per row, so every partial sum is a multiple
+    of 1/8 below 2^8 in magnitude: float16 represents it exactly, summation order cannot
+    matter, and a correct kernel must equal the float32 numpy reference bit for bit.
+    """
+    rng = np.random.default_rng(seed)
+    t = random_quantized(mode, n, k, rng)
+    t["q_scale"] = rng.choice(np.array([0.125, 0.25], np.float16), t["q_scale"].shape)
+    x = np.zeros((rows, k), np.float16)
+    nnz = min(40, max(1, k // 16))
+    for r in range(rows):
+        cols = rng.choice(k, nnz, replace=False)
+        x[r, cols] = rng.choice(np.array([-1, 1], np.float16), nnz)
+    return t, x
+
+
+@pytest.fixture(scope="session")
+def sm90() -> tvm.target.Target:
+    return cuda_target("sm_90")
