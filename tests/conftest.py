@@ -30,3 +30,11 @@ def wikitext_dir() -> Path:
     if not d.is_dir():
         pytest.skip(f"WikiText-2 is not here ({d}); it ships only with the developers' shared/")
     return d
+
+
+@pytest.fixture(scope="session")
+def example_model_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as an fp16 HF directory, built once from the bundled GGUF (slow tests)."""
+    from desv_export.example_model import write_example_model
+
+    return write_example_model(tmp_path_factory.mktemp("example") / "smollm2-135m")

@@ -60,7 +60,7 @@ def test_chat_two_turns_keeps_the_conversation_in_the_kv_cache(q4):
     result = _run(["chat", wd, "--model-lib", lib, "--max-new-tokens", 8], input=script)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "/stats" in out.split("\n")[1] or "special commands" in out  # help printed first
+    assert out.startswith("You can use the following special commands")  # help first, like mlc_llm
     assert out.count("prefill:") == 1 and "decode:" in out  # /stats after two turns
     assert "RESET CHAT SUCCESSFULLY" in out and "no statistics yet" in out
 
@@ -71,10 +71,10 @@ def test_chat_two_turns_keeps_the_conversation_in_the_kv_cache(q4):
     first = gen.chat("the company said", max_new_tokens=8, sampling=SamplingConfig())
     cached_before = len(gen.cached)
     second = gen.chat("shares rose", max_new_tokens=8, sampling=SamplingConfig())
-    assert second.stats.prompt_tokens < len(gen.cached) - cached_before + 30
-    assert second.stats.prompt_tokens < cached_before + second.stats.prompt_tokens
-    full_prompt = gen.conversation.template.get("system_prefix_token_ids") or []
-    ids = full_prompt + gen.tokenizer.encode(_two_turn_prompt(gen, first.text))
+    prefix = gen.conversation.template.get("system_prefix_token_ids") or []
+    ids = prefix + gen.tokenizer.encode(_two_turn_prompt(gen, first.text))
+    # Turn 2 prefilled only what the cache did not already hold, not the whole conversation.
+    assert cached_before > 0 and second.stats.prompt_tokens < len(ids)
     fresh = Generator.open(wd, lib, "cpu")
     fresh.reset()
     again = fresh.generate_ids(ids, max_new_tokens=8, sampling=SamplingConfig())

@@ -52,11 +52,3 @@ def exported(tmp_path_factory, sources):
         return cache[key]
 
     return get
-
-
-@pytest.fixture(scope="session")
-def example_model_dir(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as an fp16 HF directory, built from the bundled GGUF (slow tests)."""
-    from desv_export.example_model import write_example_model
-
-    return write_example_model(tmp_path_factory.mktemp("example") / "smollm2-135m")
