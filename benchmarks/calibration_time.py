@@ -77,6 +77,10 @@ def main() -> None:
              f"{args.epochs} epochs, {args.device}", "",
              "| method | wall (s) | blocks | mean s/block |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['wall_s']} | {r['blocks']} | {r['block_mean_s']} |" for r in rows]
+    lines += ["", f"{os.cpu_count()} CPU cores, OMP threads {args.threads or 'default'}. Wall time includes loading the",
+              "model and tokenising the calibration text; with few steps per block the one-off SVD of every",
+              "linear (LSI, DESV) is a large part of a block's time.", "",
+              "Command: `python benchmarks/calibration_time.py " + " ".join(sys.argv[1:]) + "`"]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

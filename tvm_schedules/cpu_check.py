@@ -49,8 +49,8 @@ def cuda_source(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     return "\n".join(m.inspect_source() for m in lib.mod.imports_ if m.kind == "cuda")
 
 
-def nvcc_compile(source: str, arch: str, out: Path | None = None) -> Path:
-    """Compile CUDA source to a cubin with nvcc for ``arch`` (e.g. ``sm_90``); raises on error.
+def nvcc_compile(source: str, arch: str, out: Path | None = None, fmt: str = "cubin") -> Path:
+    """Compile CUDA source to a cubin (or fatbin) with nvcc for ``arch``; raises on error.
 
     This is what proves the generated code is valid CUDA for that architecture (vector types,
     shuffles, half arithmetic) on a machine without a GPU.
@@ -58,8 +58,8 @@ def nvcc_compile(source: str, arch: str, out: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="desv_nvcc_"))
     src = tmp / "kernel.cu"
     src.write_text(source)
-    out = out or tmp / "kernel.cubin"
-    cmd = ["nvcc", "-cubin", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
+    out = out or tmp / f"kernel.{fmt}"
+    cmd = ["nvcc", f"-{fmt}", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
                           check=False)
     if proc.returncode != 0:

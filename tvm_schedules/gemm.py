@@ -110,8 +110,9 @@ def schedule_dequant_gemm(func: tirx.PrimFunc, info: DequantMatmul, micro: int =
     sch.bind(ty_, "threadIdx.y")
     sch.bind(tx_, "threadIdx.x")
     sch.unroll(dk_code)
-    # Row stride = 2 (mod 32) halves: the 16 lanes reading 16 different weight rows at the same
-    # k hit 16 different banks instead of one.
+    # Row stride = 2 (mod 32) halves (17 words): lanes reading rows 4 apart at the same k hit
+    # 8 banks (2-way conflict) instead of all hitting one (16-way). Interleaving a lane's
+    # columns would remove the rest but makes the register tile strided (it spilled).
     sch.storage_align(deq, 0, axis=0, factor=32, offset=2)
 
     sch.annotate(ki, "pragma_auto_unroll_max_step", 256)

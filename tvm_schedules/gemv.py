@@ -68,7 +68,13 @@ def _buffer_by_name(sch: s_tir.Schedule, block, name_part: str) -> tirx.Buffer |
 def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Schedule:
     """Schedule ``info`` (dequantize inlined) as a warp-per-row GEMV over the rows of x."""
     sch, mm = info.sch, info.block
-    words_per_load = _words_per_load(info.words)
+    batch = info.batch if isinstance(info.batch, int) else 1
+    # The x slice of every batch row lives in registers: cap it at 128 halves (64 registers),
+    # narrowing the weight load for big batches of 2-bit codes rather than spilling.
+    max_vec = 4
+    while max_vec > 1 and batch * max_vec * info.epw > 128:
+        max_vec //= 2
+    words_per_load = _words_per_load(info.words, max_vec)
     chunk = words_per_load * info.epw  # codes one lane handles per step
 
     *spatial, n_loop, k_loop = sch.get_loops(mm)

@@ -36,12 +36,7 @@ def evaluate(model, datasets, data_dir, split, seqlen, max_windows, device, mode
     dev = resolve_device(device)
     if not Path(model).is_dir():
         raise UserError(f"{model} is not a directory; pass a model directory")
-    if model_lib is None:
-        import torch
-
-        from calib.model import load_model
-
-        load_model_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    if model_lib is None:  # validate before the slow tokenisation
         from desv_export.hf import read_config, weight_files
 
         read_config(model)
@@ -52,9 +47,12 @@ def evaluate(model, datasets, data_dir, split, seqlen, max_windows, device, mode
     windows = {name: load_eval(tokenizer, name, seqlen, max_windows, data_dir, split) for name in datasets}
     results: dict[str, float] = {}
     if model_lib is None:
-        from calib.evaluate import perplexity
+        import torch
 
-        net, _ = load_model(model, load_model_dtype)
+        from calib.evaluate import perplexity
+        from calib.model import load_model
+
+        net, _ = load_model(model, torch.float16 if dev.type == "cuda" else torch.float32)
         net.to(dev)
         for name, w in windows.items():
             results[name] = perplexity(net, w, dev, progress=not quiet, desc=name)

@@ -44,11 +44,11 @@ def _weights(mode, t):
     return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
 
 
-# (batch, seq symbolic?, run-time rows, n, k, epilogue): decode, low batch, GEMM, prefill.
+# (batch, seq symbolic?, run-time rows, n, k, epilogue): decode, low batch, prefill GEMM
+# (static-batch GEMM is checked in test_gemm_static_batch_is_exact).
 CASES = [
     ("decode", 1, False, 1, 128, 640, None),
     ("batch4", 4, False, 1, 128, 640, None),
-    ("batch16", 16, False, 1, 128, 640, None),
     ("prefill", 1, True, 37, 128, 600, "add"),  # 37 tokens: a partial 64-row tile; K tail
 ]
 
@@ -71,6 +71,17 @@ def test_scheduled_matmul_is_exact(mode, case):
         expect = expect + residual.astype(np.float32)
     got = _run(lib, args, (batch, rows, n)).reshape(m, n)
     np.testing.assert_array_equal(got.astype(np.float32), expect)
+
+
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_g64asym", "q2f16_g32asym"])
+def test_gemm_static_batch_is_exact(mode):
+    n, k, batch = 128, 640, 16
+    name, mod = _schedule(dequant_matmul(mode, n, k, batch=batch))
+    assert name == "DequantGEMM"
+    t, x = exact_case(mode, n, k, batch, seed=5)
+    got = _run(build_cpu(mod), [x.reshape(batch, 1, k), *_weights(mode, t)], (batch, 1, n))
+    expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
+    np.testing.assert_array_equal(got.reshape(batch, n).astype(np.float32), expect)
 
 
 @pytest.mark.parametrize("mode,n,k", [

@@ -1,0 +1,94 @@
+"""The CPU side of benchmarks/kernels.py: shape tables, kernel building, result formatting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks/kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kernels"] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shape_table_is_llama(kernels):
+    shapes = {name: (n, k) for name, n, k in kernels.linear_shapes("llama-7b")}
+    assert shapes == {"qkv_proj": (12288, 4096), "o_proj": (4096, 4096),
+                      "gate_up_proj": (22016, 4096), "down_proj": (4096, 11008),
+                      "lm_head": (32000, 4096)}
+    assert dict((n, (a, b)) for n, a, b in kernels.linear_shapes("llama-13b"))["down_proj"] == (
+        5120, 13824)
+    table = kernels.kernel_table(["llama-7b", "llama-13b"], kernels.QUANT_MODES,
+                                 list(kernels.BATCHES))
+    assert len(table) == 2 * 5 * 11 * 4 * 2
+    assert len({k.id for k in table}) == len(table)
+
+
+def test_moved_bytes_count_packed_weights(kernels):
+    spec = kernels.KernelSpec("x", "llama-7b", "o_proj", 4096, 4096, "q4f16_1", "b1", 1, 1,
+                              "ours")
+    # 4096 x 4096 4-bit codes + one float16 scale per 32 codes
+    assert spec.weight_bytes() == 4096 * 4096 // 2 + 4096 * 128 * 2
+    assert spec.moved_bytes() == spec.weight_bytes() + 2 * (4096 + 4096)
+
+
+def test_schedules_match_the_pipelines(kernels, sm90):
+    owners = {}
+    for spec in kernels.kernel_table(["tiny"], ["q2f16_g128asym"], list(kernels.BATCHES)):
+        # dlight's Matmul imports TVM's CUDA tensor intrinsics on first use (~50 s here).
+        if spec.linear != "o_proj" or (spec.schedule == "dlight" and spec.rows > 8):
+            continue
+        kernels.schedule_kernel(spec, sm90)
+        owners[(spec.batch_class, spec.schedule)] = spec.rule
+    assert owners[("b1", "ours")] == "ours.DecodeGEMV"
+    assert owners[("b4", "ours")] == "ours.LowBatchGEMV"
+    assert owners[("b16", "ours")] == "ours.DequantGEMM"
+    assert owners[("prefill512", "ours")] == "ours.DequantGEMM"
+    assert owners[("b4", "dlight")] == "dlight.LowBatchGEMV"  # MLC's symbolic-batch path
+    assert owners[("b1", "dlight")].startswith("dlight.")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_build_writes_libraries_binaries_and_manifest(kernels, tmp_path):
+    out = tmp_path / "k"
+    kernels.build(out, "sm_80", ["tiny"], ["q4f16_1"], ["b1"], log=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["kernels"]) == 10 and manifest["arch"] == "sm_80"
+    first = manifest["kernels"][0]
+    assert (out / first["lib"]).stat().st_size > 0 and first["symbol"].startswith("k")
+    assert first["arg_shapes"][0] == [[1, 1, 256], "float16"]
+    assert len(list(out.glob("*.fatbin"))) == 1
+    with pytest.raises(Exception):  # existing output needs force
+        kernels.build(out, "sm_80", ["tiny"], ["q4f16_1"], ["b1"], log=lambda *_: None)
+
+
+def test_results_markdown_and_files(kernels, tmp_path):
+    rows = [
+        {"model": "llama-7b", "linear": "o_proj", "mode": "q2f16_g128asym", "batch": "b1",
+         "schedule": "ours", "us": 5.0, "gbs": 900.0, "pct_copy": 45.0, "rule": "ours.DecodeGEMV"},
+        {"model": "llama-7b", "linear": "o_proj", "mode": "q2f16_g128asym", "batch": "b1",
+         "schedule": "dlight", "us": 10.0, "gbs": 450.0, "pct_copy": 22.5, "rule": "dlight.GEMV"},
+    ]
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "copy_gbs": 2000.0, "arch": "sm_90", "tvm": "0.27",
+              "timer": "cuda-events-rotated", "date": "2026-11-23", "host": "h",
+              "kernels": kernels.add_speedups(rows),
+              "peers": [{"peer": "gemlite", "bits": 2, "error": "ImportError: no gemlite"}]}
+    assert rows[0]["speedup_vs_dlight"] == 2.0
+    md = kernels.markdown(result)
+    assert "NVIDIA H100 80GB HBM3" in md and "2000.0 GB/s" in md
+    assert "| q2f16_g128asym | o_proj | 5.00 | 900 | 45.0 | 10.00 | 22.5 | 2.0 |" in md
+    assert "error: ImportError" in md
+    js, mdp = kernels.write_results(result, tmp_path)
+    assert js.name == "kernels-nvidia-h100-80gb-hbm3.json" and mdp.read_text() == md
+    assert json.loads(js.read_text())["kernels"][0]["speedup_vs_dlight"] == 2.0
