@@ -20,9 +20,9 @@ from ..modes import asym_mode_name
 @click.option("--method", type=click.Choice(["rtn", "lwc", "lsi", "desv"]), default="desv", show_default=True)
 @click.option("--bits", type=click.Choice(["2", "3", "4"]), default="4", show_default=True)
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default="128", show_default=True)
-@click.option("--nsamples", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--seqlen", default=256, show_default=True, type=click.IntRange(16))
-@click.option("--epochs", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--nsamples", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--seqlen", default=128, show_default=True, type=click.IntRange(16))
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(0))
 @click.option("--target", type=click.Choice(["llvm", "cuda", "auto"]), default="auto", show_default=True)
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.pass_context
@@ -31,11 +31,11 @@ def quickstart(ctx: click.Context, work_dir: Path, method: str, bits: str, group
     """Run example-model, calibrate, export, compile and generate on SmolLM2-135M-Instruct."""
     from ..cli import main
 
-    def step(name: str, out: Path, **kwargs) -> None:
-        if out.exists():
-            click.echo(f"== {name}: {out} exists, skipped", err=True)
+    def step(name: str, result: Path, **kwargs) -> None:
+        if result.exists():
+            click.echo(f"== {name}: {result} exists, skipped", err=True)
             return
-        click.echo(f"== {name} -> {out}", err=True)
+        click.echo(f"== {name} -> {result}", err=True)
         ctx.invoke(main.get_command(ctx, name), **kwargs)
 
     b, g = int(bits), int(group_size)

@@ -14,10 +14,9 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    from desv_export.example_model import write_example_model
-
-    return write_example_model(tmp_path_factory.mktemp("example") / "SmolLM2-135M-Instruct")
+def smollm2(example_model_dir):
+    """The session's one SmolLM2-135M-Instruct HF directory (tests/conftest.py)."""
+    return example_model_dir
 
 
 @pytest.mark.slow

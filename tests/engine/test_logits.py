@@ -105,3 +105,13 @@ def test_greedy_tokens_identical(build_root, tiny_llama_dir, mode):
     gen.reset()
     result = gen.generate_ids(prompt, max_new_tokens=DECODE, sampling=SamplingConfig(temperature=0))
     assert result.token_ids == L.reference_greedy(ref, prompt, DECODE)
+
+
+def test_qwen2_qkv_bias(build_root, tiny_qwen2_dir):
+    wd = L.weight_dir(build_root, tiny_qwen2_dir, "q4f16_g32asym")
+    lib = ModelLibrary(wd, L.library(build_root, wd), "cpu")
+    assert lib.metadata["model_type"] == "qwen2"
+    assert any(p["name"].endswith("qkv_proj.bias") for p in lib.metadata["params"])
+    ref = L.torch_reference(tiny_qwen2_dir, wd)
+    tokens = _tokens(PROMPT + DECODE, seed=5)
+    _check_prefill_and_decode(lib, L.reference_logits(ref, tokens), tokens, FP32_TOL)
