@@ -210,3 +210,24 @@ def consumer_chain(sch: s_tir.Schedule, block) -> list | None:
             return None
         current = consumers[0]
         chain.append(current)
+
+
+class DequantMatmulRule:
+    """Base of the rules for the fused dequantize-matmul, in dlight's shape: ``apply`` returns a
+    schedule or None. A subclass says which static batch sizes it takes (None: symbolic) and
+    how to schedule a match."""
+
+    def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
+        raise NotImplementedError
+
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> "s_tir.Schedule | None":
+        raise NotImplementedError
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> "s_tir.Schedule | None":
+        del tunable
+        if not is_cuda(target):
+            return None
+        info = match_dequant_matmul(func)
+        if info is None or not self.accepts(static_batch(info), info):
+            return None
+        return self.schedule(func, info)

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
-from tvm.target import Target
 
-from .analysis import DequantMatmul, is_cuda, match_dequant_matmul, static_batch
+from .analysis import DequantMatmul, DequantMatmulRule, static_batch
 
 
 def _next_pow2(x: int) -> int:
@@ -131,23 +130,15 @@ def _written_by(sch: s_tir.Schedule, block, buffer) -> bool:
     return any(w.source.same_as(buffer) for w in sch.get(block).writes)
 
 
-class DequantGEMM:
+class DequantGEMM(DequantMatmulRule):
     """Prefill / batch > 8 dequantize-matmul (static or symbolic token count)."""
 
     def __init__(self, min_batch: int = 9):
         self.min_batch = min_batch
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              tunable: bool = False) -> s_tir.Schedule | None:
-        del tunable
-        if not is_cuda(target):
-            return None
-        info = match_dequant_matmul(func)
-        if info is None:
-            return None
-        batch = static_batch(info)
-        if batch is not None and batch < self.min_batch:
-            return None
-        if info.n % 64 != 0:  # N tiles are whole (true of every LLaMA projection); else dlight
-            return None
+    def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
+        # N tiles are whole (true of every LLaMA projection); otherwise dlight takes it.
+        return (batch is None or batch >= self.min_batch) and info.n % 64 == 0
+
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
         return schedule_dequant_gemm(func, info)

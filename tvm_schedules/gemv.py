@@ -28,9 +28,8 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
-from tvm.target import Target
 
-from .analysis import DequantMatmul, is_cuda, match_dequant_matmul, static_batch
+from .analysis import DequantMatmul, DequantMatmulRule
 
 WARP = 32
 
@@ -143,26 +142,22 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
     return sch
 
 
-class DecodeGEMV:
+class DecodeGEMV(DequantMatmulRule):
     """Batch-1 dequantize-GEMV (the decode step): one warp per weight row, 2 rows per warp."""
 
     def __init__(self, tile_n: int = 2, warps: int = 4):
         self.tile_n = tile_n
         self.warps = warps
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              tunable: bool = False) -> s_tir.Schedule | None:
-        del tunable
-        if not is_cuda(target):
-            return None
-        info = match_dequant_matmul(func)
-        if info is None or static_batch(info) != 1:
-            return None
+    def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
+        return batch == 1
+
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
         tile_n = self.tile_n if info.n % (self.tile_n * self.warps) == 0 else 1
         return schedule_dequant_gemv(info, tile_n, self.warps)
 
 
-class LowBatchGEMV:
+class LowBatchGEMV(DequantMatmulRule):
     """Batch 2..8 dequantize-GEMV: the unpacked weights of a row are reused for every row of x,
     so the weights are still read once, whatever the batch."""
 
@@ -170,15 +165,8 @@ class LowBatchGEMV:
         self.max_batch = max_batch
         self.warps = warps
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              tunable: bool = False) -> s_tir.Schedule | None:
-        del tunable
-        if not is_cuda(target):
-            return None
-        info = match_dequant_matmul(func)
-        if info is None:
-            return None
-        batch = static_batch(info)
-        if batch is None or not 2 <= batch <= self.max_batch:
-            return None
+    def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
+        return batch is not None and 2 <= batch <= self.max_batch
+
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
         return schedule_dequant_gemv(info, 1, self.warps)

@@ -92,7 +92,7 @@ def run_bench(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Measure every mode and the HF baseline; return the result dict (the report's source)."""
-    from ..compile import compile_model, gpu_visible, resolve_target
+    from ..compile import compile_model, gpu_visible
     from ..export import export_model
     from .synthetic import write_synthetic
 
@@ -135,8 +135,10 @@ def run_bench(
         else:
             wdir = export_model(source, work / mode, mode, force=True)
         lib = work / f"{mode}-{target}.so"
-        compile_model(wdir, lib, target=target, arch=arch, force=True,
-                      context_window_size=max(prompt_len + gen_len, 64), log=log)
+        # Size the library for this run (MLC's --overrides): the KV cache and temporaries
+        # then hold what the benchmark's prompt and generation need, and no more.
+        compile_model(wdir, lib, target=target, arch=arch, force=True, context_window_size=prompt_len + gen_len,
+                      prefill_chunk_size=prompt_len, log=log)
         log(f"Measuring {mode} ...")
         r = _worker({**common, "kind": "library", "weight_dir": str(wdir), "model_lib": str(lib)})
         wm, read_per_token = weight_bytes(wdir)

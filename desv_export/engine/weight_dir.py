@@ -7,14 +7,12 @@ engine must run where only the TVM runtime is installed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-
-CHAT_CONFIG = "mlc-chat-config.json"
-TENSOR_CACHE = "tensor-cache.json"
+from ..mlc.chat_config import read_chat_config
+from ..mlc.tensor_cache import INDEX_FILE, read_index
 
 
 @dataclass(frozen=True)
@@ -40,29 +38,18 @@ class WeightDir:
         return "model.embed_tokens.q_weight" in self.params
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} not found; {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
 def read_weight_dir(path: Path) -> WeightDir:
     """Parse mlc-chat-config.json and tensor-cache.json, or raise a one-line UserError."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory; pass an MLC weight directory (desv-export export)")
-    hint = "pass a weight directory written by `desv-export export`"
-    chat_config = _read_json(path / CHAT_CONFIG, hint)
-    cache = _read_json(path / TENSOR_CACHE, hint)
+    chat_config = read_chat_config(path)
     params: dict[str, ParamRecord] = {}
-    for shard in cache.get("records", []):
+    for shard in read_index(path)["records"]:
         for rec in shard.get("records", []):
             params[rec["name"]] = ParamRecord(rec["name"], tuple(rec["shape"]), rec["dtype"])
     if not params:
-        raise UserError(f"{path / TENSOR_CACHE} lists no parameters; re-export the model")
+        raise UserError(f"{path / INDEX_FILE} lists no parameters; re-export the model")
     return WeightDir(path, chat_config, params)
 
 

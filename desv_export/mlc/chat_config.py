@@ -195,4 +195,7 @@ def read_chat_config(weight_dir: Path) -> dict:
     path = Path(weight_dir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{path} not found; {weight_dir} is not an MLC weight directory (run desv-export export)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
