@@ -10,6 +10,8 @@ all a schedule rule is given.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -212,16 +214,16 @@ def consumer_chain(sch: s_tir.Schedule, block) -> list | None:
         chain.append(current)
 
 
-class DequantMatmulRule:
+class DequantMatmulRule(abc.ABC):
     """Base of the rules for the fused dequantize-matmul, in dlight's shape: ``apply`` returns a
     schedule or None. A subclass says which static batch sizes it takes (None: symbolic) and
     how to schedule a match."""
 
-    def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def accepts(self, batch: int | None, info: DequantMatmul) -> bool: ...
 
-    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> "s_tir.Schedule | None":
-        raise NotImplementedError
+    @abc.abstractmethod
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> "s_tir.Schedule | None": ...
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> "s_tir.Schedule | None":
         del tunable
