@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from desv_export.errors import UserError
+from desv_export.errors import UserError, read_user_json
 from desv_export.hf import copy_tokenizer_files
 from desv_export.modes import asym_mode_name
 
@@ -87,9 +87,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(quantization.json, {"<name>.scale"/"<name>.zero": tensor}) of a calibrated checkpoint."""
     path = Path(path)
     meta_path = path / META_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{path} is not a calibrated checkpoint ({META_FILE} missing); run desv-export calibrate")
-    meta = json.loads(meta_path.read_text())
+    meta = read_user_json(meta_path, f"{path} is not a calibrated checkpoint; run desv-export calibrate")
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise UserError(f"{meta_path}: format {meta.get('format')} v{meta.get('version')} is not {FORMAT} v{VERSION}")
     with safe_open(str(path / QUANT_FILE), framework="pt") as f:

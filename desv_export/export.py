@@ -27,7 +27,6 @@ e.g. gate+up, is in memory) and streamed through TVM's shard writer, which buffe
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 from . import hf, pack
 from .atomic import atomic_dir
-from .errors import UserError
+from .errors import UserError, read_user_json
 from .mlc import chat_config, tensor_cache
 from .modes import QuantMode, asym_mode_name, get_mode
 
@@ -116,10 +115,7 @@ class Calibration:
 
     def __init__(self, ckpt: Path) -> None:
         path = Path(ckpt) / CALIB_META
-        try:
-            self.meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        self.meta = read_user_json(path, "a calibrated checkpoint needs it (run desv-export calibrate)")
         if self.meta.get("format") != CALIB_FORMAT:
             raise UserError(f"{path}: format {self.meta.get('format')!r} is not {CALIB_FORMAT!r}")
         try:

@@ -6,14 +6,13 @@ time so a 7B model never sits in memory twice).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, read_user_json
 
 # LLaMA-family architectures: RMSNorm, RoPE, SwiGLU MLP, (G)QA; Qwen2 adds a qkv bias.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -37,12 +36,7 @@ def read_config(model_dir: Path) -> dict:
     if not model_dir.is_dir():
         raise UserError(f"{model_dir} is not a directory; pass a Hugging Face model directory")
     path = model_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found; a Hugging Face model directory needs config.json")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    config = read_user_json(path, "a Hugging Face model directory needs config.json")
     archs = config.get("architectures") or [config.get("model_type", "?")]
     if archs[0] not in SUPPORTED_ARCHITECTURES:
         raise UserError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, read_user_json
 from .conv_template import conversation_for
 from .tokenizer_info import detect_tokenizer_info, load_tokenizer_json
 
@@ -192,10 +192,5 @@ def write_chat_config(src: Path, config: dict, quantization: str, out_dir: Path)
 
 
 def read_chat_config(weight_dir: Path) -> dict:
-    path = Path(weight_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{path} not found; {weight_dir} is not an MLC weight directory (run desv-export export)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    return read_user_json(Path(weight_dir) / CONFIG_FILE,
+                          f"{weight_dir} is not an MLC weight directory (run desv-export export)")

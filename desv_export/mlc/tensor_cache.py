@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, read_user_json
 
 INDEX_FILE = "tensor-cache.json"
 SHARD_CAP_MB = 32
@@ -93,12 +92,7 @@ def write_tensor_cache(
 def read_index(weight_dir: Path) -> dict:
     """The parsed ``tensor-cache.json`` of a weight directory (UserError if absent or bad)."""
     path = Path(weight_dir) / INDEX_FILE
-    if not path.is_file():
-        raise UserError(f"{path} not found; {weight_dir} is not an MLC weight directory (run desv-export export)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    index = read_user_json(path, f"{weight_dir} is not an MLC weight directory (run desv-export export)")
     if not isinstance(index, dict) or not isinstance(index.get("records"), list):
         raise UserError(f"{path} has no 'records' list; re-export the directory")
     return index
