@@ -9,6 +9,7 @@ decode through the KV-state builtins (``vm.builtin.kv_state_*``). ``tvm.runtime`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,21 @@ from .weight_dir import WeightDir, check_params_match, read_weight_dir
 
 KV_PAGE_SIZE = 16
 _SEQ = 0  # the one sequence id this engine uses
+
+
+def use_all_cores() -> int:
+    """Give TVM's CPU thread pool every core this process may run on, unless TVM_NUM_THREADS
+    says otherwise; returns the thread count.
+
+    TVM's default is half the hardware threads (it assumes hyper-threading), which on a 2-vCPU
+    machine is one thread: SmolLM2 q4f16_1 decoded at 40 tok/s instead of 78 (measured
+    2026-11-23). The pool reads the variable once, when it starts, so this runs before the
+    library's first call.
+    """
+    if "TVM_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["TVM_NUM_THREADS"] = str(max(1, cores or 1))
+    return int(os.environ["TVM_NUM_THREADS"])
 
 
 def _global(name: str):
@@ -69,6 +85,7 @@ class ModelLibrary:
 
     def __init__(self, weight_dir: Path, model_lib: Path, device: str = "auto") -> None:
         model_lib = Path(model_lib)
+        use_all_cores()
         if not model_lib.is_file():
             raise UserError(f"{model_lib} not found (--model-lib); build it with desv-export compile")
         self.weight_dir: WeightDir = read_weight_dir(weight_dir)

@@ -114,3 +114,19 @@ def test_tensor_cache_that_does_not_fit_the_mode(tmp_path, build_root, tiny_llam
     result = CliRunner().invoke(main, ["compile", str(bad), "--target", "llvm", "-o", str(tmp_path / "x.so")])
     assert result.exit_code == 2 and "re-export" in result.output
     assert not (tmp_path / "x.so").exists()
+
+
+def test_every_cpu_kernel_is_noalias():
+    """One PrimFunc without ``tirx.noalias`` costs every kernel of an llvm module its noalias
+    (3x on the quantized matmuls), so the pipeline marks them all."""
+    import tvm
+    from tvm import te
+
+    from desv_export.compile import _MarkNoAlias
+
+    x = te.placeholder((8,), "float32", name="x")
+    plain = te.create_prim_func([x, te.compute((8,), lambda i: x[i] * 2)])
+    plain = plain.with_attrs({"global_symbol": "plain"}).without_attr("tirx.noalias")
+    assert not plain.attrs.get("tirx.noalias")
+    out = _MarkNoAlias()(tvm.IRModule({"plain": plain}))
+    assert out["plain"].attrs["tirx.noalias"]

