@@ -240,6 +240,12 @@ def _planned_bytes(func: relax.Function) -> int:
     return total
 
 
+def _cpu_attention_pass(rope_scaling: dict | None) -> tvm.transform.Pass:
+    from tvm_schedules.cpu.attention import UseFastCPUAttention
+
+    return UseFastCPUAttention(rope_scaling)
+
+
 def _cpu_schedule_pass() -> tvm.transform.Pass:
     from tvm.s_tir import dlight as dl
 
@@ -296,9 +302,11 @@ def _gpu_schedule_pass(schedules: str) -> tvm.transform.Pass:
     return dl.ApplyDefaultSchedule(*rules)
 
 
-def build_pipeline(target: tvm.target.Target, metadata: dict, bounds: dict[str, int], schedules: str):
+def build_pipeline(target: tvm.target.Target, metadata: dict, bounds: dict[str, int], schedules: str,
+                   rope_scaling: dict | None = None):
     is_cpu = target.kind.name == "llvm"
     passes = [
+        _cpu_attention_pass(rope_scaling) if is_cpu else tvm.transform.Sequential([]),
         _AttachFuncAttrs(bounds),
         tirx.transform.BindTarget(target),
         relax.backend.DispatchSampling(),
@@ -422,7 +430,7 @@ def compile_model(
     t1 = time.perf_counter()
     with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
         with tgt:
-            mod = build_pipeline(tgt, metadata, bounds, schedules)(mod)
+            mod = build_pipeline(tgt, metadata, bounds, schedules, cfg.rope_scaling_for_kv_cache)(mod)
         stages["relax"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ex = relax.build(mod, target=tgt, relax_pipeline=None)

@@ -73,8 +73,8 @@ def dequant_matmul(mode: QuantMode | str, n: int, k: int, batch: Dim = 1, seq: D
                    out_dtype: str = "float16", x_dtype: str = "float16") -> tirx.PrimFunc:
     """[batch, seq, n] = x [batch, seq, k] @ dequantize(W) [n, k]^T, x float16.
 
-    ``x_dtype="float32"`` (with ``out_dtype="float32"``) is the llvm build's form: the float16
-    weight is cast to float32 by a ``dequantize_cast`` block of its own, as
+    ``x_dtype="float32"`` (with ``out_dtype="float32"``) is the llvm build's form: the weight
+    is dequantized straight to float32 (float16-exact values, see ``dequantize_weight``), as
     ``desv_export/model/quantized.py`` emits it for float32 activations.
 
     The default is what ``desv_export/model/quantized.py`` emits: ``dequantize`` (float16),
@@ -87,10 +87,7 @@ def dequant_matmul(mode: QuantMode | str, n: int, k: int, batch: Dim = 1, seq: D
     params = weight_placeholders(mode, n, k)
     q_zero = params[2] if len(params) == 3 else None
     x = te.placeholder((batch, seq, k), x_dtype, name="x")
-    w = dequantize_weight(mode, params[0], params[1], q_zero, k, "float16")
-    if x_dtype != "float16":
-        w16 = w
-        w = te.compute(w16.shape, lambda i, j: w16[i, j].astype(x_dtype), name="dequantize_cast")
+    w = dequantize_weight(mode, params[0], params[1], q_zero, k, x_dtype)
     r = te.reduce_axis((0, k), name="k")
     if accum_dtype == "float16":
         out = te.compute((batch, seq, n), lambda b, s, j: te.sum(x[b, s, r] * w[j, r], axis=r),

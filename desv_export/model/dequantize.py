@@ -29,9 +29,19 @@ def dequantize_weight(
     k: int,
     dtype: str = "float16",
 ) -> te.Tensor:
-    """[N, K] weight of a quantized linear or embedding, from its stored tensors."""
+    """[N, K] weight of a quantized linear or embedding, from its stored tensors.
+
+    ``dtype="float32"`` (the llvm build) gives the same values computed in float32 with one
+    rounding to float16: ``q - zero`` is an integer below 2^4 in magnitude and the float16
+    scale has an 11-bit significand, so their float32 product is exact, and rounding it to
+    float16 is what the float16 multiply does. The result is bit-identical to the float16 form,
+    but a CPU without float16 arithmetic pays one float16 round trip per code instead of
+    three (the subtraction and both conversions would each round through float16).
+    """
     n = q_weight.shape[0]
     g = mode.group_size
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dequantize to {dtype}: float16 or float32 only")
 
     def weight(i, j):
         q = unpack_code(q_weight, i, j, mode.bits).astype(dtype)
@@ -39,6 +49,7 @@ def dequantize_weight(
             zero = tirx.const(mode.max_int, dtype)
         else:
             zero = unpack_code(q_zero, i, j // g, mode.bits).astype(dtype)
-        return (q - zero) * q_scale[i, j // g].astype(dtype)
+        w = (q - zero) * q_scale[i, j // g].astype(dtype)
+        return w if dtype == "float16" else w.astype("float16").astype(dtype)
 
     return te.compute((n, k), weight, name="dequantize")

@@ -38,12 +38,9 @@ def _weight_fn(mode: QuantMode, k: int, dtype: str):
             return te.compute(w.shape, lambda i, j: w[i, j].astype(dtype), name="dequantize")
         q_weight, q_scale = stored[0], stored[1]
         q_zero = None if mode.symmetric else stored[2]
-        # Always float16 first: the stored grid is defined by a float16 multiply (bit-exact with
-        # pack.dequantize and the calibrated w_hat); a float32 product would differ in the last bits.
-        w = dequantize_weight(mode, q_weight, q_scale, q_zero, k, "float16")
-        if dtype == "float16":
-            return w
-        return te.compute(w.shape, lambda i, j: w[i, j].astype(dtype), name="dequantize_cast")
+        # The stored grid is defined by a float16 multiply (bit-exact with pack.dequantize and
+        # the calibrated w_hat); float32 activations get the same values (see dequantize_weight).
+        return dequantize_weight(mode, q_weight, q_scale, q_zero, k, dtype)
 
     return build
 

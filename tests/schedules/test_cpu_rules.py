@@ -108,3 +108,39 @@ def test_apply_default_schedule_marks_every_linear_scheduled():
     for name in funcs:
         assert out[name].attrs.get("tirx.is_scheduled")
     assert isinstance(cpu_rules()[-1], CPUInlineSpatial)
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_float32_dequantize_is_float16_exact(mode):
+    """The llvm build's float32 dequantize equals the float16 grid bit for bit, with random
+    scales whose products do round in float16 (a missing rounding would show)."""
+    from desv_export.model.dequantize import dequantize_weight
+    from tvm_schedules.workloads import random_quantized, weight_placeholders
+
+    n, k = 48, 200
+    params = weight_placeholders(MODES[mode], n, k)
+    q_zero = params[2] if len(params) == 3 else None
+    w = dequantize_weight(MODES[mode], params[0], params[1], q_zero, k, "float32")
+    lib = tvm.compile(te.create_prim_func([*params, w]), target=LLVM)
+    t = random_quantized(mode, n, k, np.random.default_rng(3))
+    expect = dequantize(mode, t, k)
+    assert expect.dtype == np.float16
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((n, k), np.float32), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in _weights(t)], out)
+    got = out.numpy()
+    np.testing.assert_array_equal(got, expect.astype(np.float32))
+    # Float32 arithmetic without the float16 rounding differs on these data.
+    assert not np.array_equal(got, _unrounded(mode, t, k))
+
+
+def _unrounded(mode, t, k):
+    from desv_export.pack import unpack_codes
+
+    m = MODES[mode]
+    codes = unpack_codes(t["q_weight"], m.bits, k).astype(np.float32)
+    g = np.arange(k) // m.group_size
+    groups = t["q_scale"].shape[1]
+    zero = (unpack_codes(t["q_zero"], m.bits, groups)[:, g].astype(np.float32) if "q_zero" in t
+            else np.float32(m.max_int))
+    return (codes - zero) * t["q_scale"].astype(np.float32)[:, g]

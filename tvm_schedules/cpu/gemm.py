@@ -20,31 +20,24 @@ per-output summation order over k is unchanged.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir import dlight as dl
-from tvm.target import Target
+from tvm import s_tir
 
-from .match import CPUMatmul, is_llvm, match_matmul
+from .match import CPUMatmul, CPUMatmulRule
 
 TILE_N = 32  # output columns per task: two AVX-512 (four AVX2) float32 vectors
 TILE_M = 8  # token rows per micro-kernel call
 
 
-class CPUTiledGEMM(dl.ScheduleRule):
+class CPUTiledGEMM(CPUMatmulRule):
     """Matmuls whose row count is symbolic (prefill) or larger than the GEMV takes."""
 
     def __init__(self, max_gemv_rows: int = 1) -> None:
         self.max_gemv_rows = max_gemv_rows
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not is_llvm(target):
-            return None
-        info = match_matmul(func)
-        if info is None:
-            return None
-        rows = info.static_rows
-        if rows is not None and rows <= self.max_gemv_rows:
-            return None
+    def accepts(self, static_rows: int | None) -> bool:
+        return static_rows is None or static_rows > self.max_gemv_rows
+
+    def schedule(self, info: CPUMatmul) -> s_tir.Schedule:
         return _schedule(info)
 
 

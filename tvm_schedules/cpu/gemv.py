@@ -15,11 +15,9 @@ order: results agree with the unscheduled function to float32 rounding (~1e-6 re
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir import dlight as dl
-from tvm.target import Target
+from tvm import s_tir
 
-from .match import CPUMatmul, codes_per_word, is_llvm, match_matmul
+from .match import CPUMatmul, CPUMatmulRule, codes_per_word
 
 ROWS = 4  # output rows interleaved per core step
 
@@ -29,18 +27,16 @@ def lanes_for(epw: int | None) -> int:
     return 10 if epw == 10 else 16
 
 
-class CPUVectorGEMV(dl.ScheduleRule):
+class CPUVectorGEMV(CPUMatmulRule):
     """Matmuls with one static token row (the decode step and the last-token lm_head)."""
 
     def __init__(self, max_rows: int = 1) -> None:
         self.max_rows = max_rows
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not is_llvm(target):
-            return None
-        info = match_matmul(func)
-        if info is None or info.static_rows is None or info.static_rows > self.max_rows:
-            return None
+    def accepts(self, static_rows: int | None) -> bool:
+        return static_rows is not None and static_rows <= self.max_rows
+
+    def schedule(self, info: CPUMatmul) -> s_tir.Schedule:
         return _schedule(info)
 
 

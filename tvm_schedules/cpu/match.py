@@ -10,9 +10,11 @@ match collapses the producer chain into one weight block instead of inlining it 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
 from tvm.ir import expr as ir_expr
 from tvm.ir.prim import expr as prim_expr
 from tvm.tirx.stmt import BufferStore
@@ -135,3 +137,22 @@ def match_matmul(func: tirx.PrimFunc) -> CPUMatmul | None:
         sch=sch, block=block, weight=weight, epilogues=epilogues,
         row_extents=[_static(iv.dom.extent) for iv in iters[:-2]], n=n, k=k,
     )
+
+
+class CPUMatmulRule(dl.ScheduleRule, abc.ABC):
+    """Base of the llvm matmul rules, in dlight's shape: ``apply`` returns a schedule or None.
+    A subclass says which row counts it takes (``None``: symbolic) and how to schedule a match."""
+
+    @abc.abstractmethod
+    def accepts(self, static_rows: int | None) -> bool: ...
+
+    @abc.abstractmethod
+    def schedule(self, info: CPUMatmul) -> s_tir.Schedule: ...
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not is_llvm(target):
+            return None
+        info = match_matmul(func)
+        if info is None or not self.accepts(info.static_rows):
+            return None
+        return self.schedule(info)
