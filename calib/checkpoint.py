@@ -83,16 +83,48 @@ def is_calibrated(path: Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
+class CalibratedCheckpoint:
+    """Reader of a calibrated checkpoint's grid: quantization.json, validated, and the scale and
+    zero of each quantized weight, read lazily (the exporter streams one tensor at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        self.meta = read_user_json(meta_path, f"{self.path} is not a calibrated checkpoint; run desv-export calibrate")
+        if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
+            raise UserError(
+                f"{meta_path}: format {self.meta.get('format')} v{self.meta.get('version')} is not "
+                f"{FORMAT} v{VERSION}; re-run desv-export calibrate"
+            )
+        try:
+            self.bits = int(self.meta["bits"])
+            self.group_size = int(self.meta["group_size"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{meta_path} lacks integer 'bits' and 'group_size'; re-run desv-export calibrate") from None
+        self.mode_name: str = self.meta.get("mode") or asym_mode_name(self.bits, self.group_size)
+        self.quantized: set[str] = set(self.meta.get("quantized", []))
+        self._qpath = self.path / QUANT_FILE
+        if not self._qpath.is_file():
+            raise UserError(f"{self._qpath} not found; a calibrated checkpoint needs its scales and zeros")
+        self._file = safe_open(str(self._qpath), framework="pt")
+        self._keys = set(self._file.keys())
+
+    def grid(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale float16 [N, groups], zero uint8 [N, groups]) of the quantized weight ``name``."""
+        missing = [k for k in (f"{name}.scale", f"{name}.zero") if k not in self._keys]
+        if missing:
+            raise UserError(f"{self._qpath} has no {missing[0]}, but quantization.json lists {name} as quantized")
+        return (self._file.get_tensor(f"{name}.scale").to(torch.float16),
+                self._file.get_tensor(f"{name}.zero").to(torch.uint8))
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(quantization.json, {"<name>.scale"/"<name>.zero": tensor}) of a calibrated checkpoint."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    meta = read_user_json(meta_path, f"{path} is not a calibrated checkpoint; run desv-export calibrate")
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise UserError(f"{meta_path}: format {meta.get('format')} v{meta.get('version')} is not {FORMAT} v{VERSION}")
-    with safe_open(str(path / QUANT_FILE), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return meta, tensors
+    ckpt = CalibratedCheckpoint(path)
+    tensors = {}
+    for name in sorted(ckpt.quantized):
+        tensors[f"{name}.scale"], tensors[f"{name}.zero"] = ckpt.grid(name)
+    return ckpt.meta, tensors
 
 
 def codes(w_hat: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:

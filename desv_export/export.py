@@ -34,15 +34,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from calib.checkpoint import QUANT_FILE, CalibratedCheckpoint, is_calibrated
+
 from . import hf, pack
 from .atomic import atomic_dir
-from .errors import UserError, read_user_json
+from .errors import UserError
 from .mlc import chat_config, tensor_cache
-from .modes import QuantMode, asym_mode_name, get_mode
+from .modes import QuantMode, get_mode
 
-CALIB_META = "quantization.json"
-CALIB_TENSORS = "quantization.safetensors"
-CALIB_FORMAT = "desv-calibrated"
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _RTN_BLOCK_ELEMS = 1 << 17
 
@@ -85,7 +84,7 @@ class WeightSource(contextlib.ExitStack):
         super().__init__()
         self.where: dict[str, object] = {}
         for path in hf.weight_files(model_dir):
-            if path.name == CALIB_TENSORS:
+            if path.name == QUANT_FILE:
                 continue
             if path.suffix == ".safetensors":
                 from safetensors import safe_open
@@ -108,41 +107,6 @@ class WeightSource(contextlib.ExitStack):
 
         t = holder.get_tensor(name) if hasattr(holder, "get_tensor") else holder[name]
         return t.to(torch.float16).numpy()
-
-
-class Calibration:
-    """A calibrated checkpoint's grid (contract 1): per quantized HF weight, scale and zero."""
-
-    def __init__(self, ckpt: Path) -> None:
-        path = Path(ckpt) / CALIB_META
-        self.meta = read_user_json(path, "a calibrated checkpoint needs it (run desv-export calibrate)")
-        if self.meta.get("format") != CALIB_FORMAT:
-            raise UserError(f"{path}: format {self.meta.get('format')!r} is not {CALIB_FORMAT!r}")
-        try:
-            self.bits = int(self.meta["bits"])
-            self.group_size = int(self.meta["group_size"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path} lacks integer 'bits' and 'group_size'; re-run desv-export calibrate") from None
-        self.mode_name = self.meta.get("mode") or asym_mode_name(self.bits, self.group_size)
-        self.quantized = set(self.meta.get("quantized", []))
-        qpath = Path(ckpt) / CALIB_TENSORS
-        if not qpath.is_file():
-            raise UserError(f"{qpath} not found; a calibrated checkpoint needs its scales and zeros")
-        from safetensors import safe_open
-
-        self._file = safe_open(str(qpath), framework="pt")
-        self._path = qpath
-        self._keys = set(self._file.keys())
-
-    def grid(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        missing = [k for k in (f"{name}.scale", f"{name}.zero") if k not in self._keys]
-        if missing:
-            raise UserError(f"{self._path} has no {missing[0]}, but quantization.json lists {name} as quantized")
-        scale = self._file.get_tensor(f"{name}.scale").to(torch.float16).numpy()
-        zero = self._file.get_tensor(f"{name}.zero").to(torch.uint8).numpy()
-        return scale, zero
 
 
 def _rtn_asym(w: np.ndarray, mode: QuantMode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,7 +139,7 @@ def _rtn_asym(w: np.ndarray, mode: QuantMode) -> tuple[np.ndarray, np.ndarray, n
 class Converter:
     """Turns each ``Target`` into its stored tensors for one mode and source."""
 
-    def __init__(self, mode: QuantMode, source: WeightSource, calib: Calibration | None, quantize_embedding: bool):
+    def __init__(self, mode: QuantMode, source: WeightSource, calib: CalibratedCheckpoint | None, quantize_embedding: bool):
         self.mode = mode
         self.source = source
         self.calib = calib
@@ -192,7 +156,7 @@ class Converter:
         if mode.symmetric:
             return pack.quantize_pack_sym(w, mode)
         if on_grid:
-            scale, zero = self.calib.grid(hf_name)
+            scale, zero = (t.numpy() for t in self.calib.grid(hf_name))
             try:
                 codes = pack.codes_from_grid(w, scale, zero, mode)
             except ValueError as e:
@@ -218,7 +182,7 @@ class Converter:
             yield f"{t.name}.{suffix}", np.concatenate([p[suffix] for p in parts], axis=0)
 
 
-def _check_mode(mode: QuantMode, calib: Calibration | None, src: Path) -> None:
+def _check_mode(mode: QuantMode, calib: CalibratedCheckpoint | None, src: Path) -> None:
     if calib is None or not mode.quantized:
         return
     if mode.symmetric or mode.bits != calib.bits or mode.group_size != calib.group_size:
@@ -245,7 +209,7 @@ def export_model(
     src, out = Path(src), Path(out)
     qmode = get_mode(mode)
     config = hf.read_config(src)
-    calib = Calibration(src) if (src / CALIB_META).is_file() else None
+    calib = CalibratedCheckpoint(src) if is_calibrated(src) else None
     _check_mode(qmode, calib, src)
     if quantize_embedding is None:
         quantize_embedding = qmode.quantize_embedding_default
