@@ -1,4 +1,5 @@
-"""The baseline users compare us with first: Hugging Face transformers' own ``generate``.
+"""The baselines users compare us with first: Hugging Face transformers' own ``generate``, as
+is and with torch's int4 weight-only kernels swapped into its linears (``torch_int4``).
 
 float32 on CPU (float16 matmuls are slow there), float16 with a static cache on CUDA. The same
 prompt length, generation length and timing definitions as our engine's rows.
@@ -43,11 +44,18 @@ def load_model(source: Path | dict, device: str):
     return model.eval()
 
 
-def bench_hf(source: Path | dict, device: str, prompt_ids: list[int], gen_len: int, runs: int, warmup: int) -> dict:
-    """Median prefill/decode tok/s of ``generate``; on CUDA also the allocator's peak memory."""
+def bench_hf(source: Path | dict, device: str, prompt_ids: list[int], gen_len: int, runs: int, warmup: int,
+             int4: bool = False) -> dict:
+    """Median prefill/decode tok/s of ``generate``; on CUDA also the allocator's peak memory.
+    ``int4``: every linear through torch's int4 weight-only matmul first."""
     import torch
 
     model = load_model(source, device)
+    groups = []
+    if int4:
+        from .torch_int4 import quantize_model
+
+        groups = quantize_model(model, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ids = torch.tensor([prompt_ids], device=device)
     extra = {"cache_implementation": "static"} if device == "cuda" else {}
@@ -64,9 +72,10 @@ def bench_hf(source: Path | dict, device: str, prompt_ids: list[int], gen_len: i
             )
             if i >= warmup:
                 results.append(timer.run())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Buffers count: the int4 rows keep their packed weights there.
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     out = {**summarize(results), "wm_bytes": weight_bytes,
-           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+           "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "int4_groups": groups}
     if device == "cuda":  # on CPU the worker measures the process (VmHWM)
         out |= {"rm_bytes": torch.cuda.max_memory_allocated(), "rm_method": "torch.cuda.max_memory_allocated"}
     return out

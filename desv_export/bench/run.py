@@ -22,6 +22,8 @@ from .presets import SYNTHETIC
 from .timing import copy_bandwidth_cpu, copy_bandwidth_cuda
 
 DEFAULT_MODES = ("q0f16", "q4f16_g128asym", "q3f16_g128asym", "q2f16_g128asym", "q4f16_1", "q3f16_1")
+# HF transformers generate() as is, and with torch's int4 weight-only matmul in its linears.
+BASELINES = ("hf", "torch-int4")
 
 
 def bits_label(mode: str) -> str:
@@ -87,7 +89,7 @@ def run_bench(
     gen_len: int = 256,
     runs: int = 3,
     warmup: int = 1,
-    hf_baseline: bool = True,
+    baselines: tuple[str, ...] = BASELINES,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -146,17 +148,24 @@ def run_bench(
         rows.append({"mode": mode, "bits": bits_label(mode), "wm_bytes": wm, "bytes_per_token": read_per_token,
                      "roofline_pct": 100.0 * floor_s * r["decode_tok_s"], **r})
         log(f"  {mode}: prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
-    if hf_baseline:
-        log("Measuring the Hugging Face transformers baseline ...")
-        spec = {**common, "kind": "hf"}
-        spec |= {"hf_config": config} if synthetic is not None else {"hf_dir": str(source)}
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise UserError(f"--baselines {','.join(sorted(unknown))} is not one of {', '.join(BASELINES)}")
+    for baseline in baselines:
+        log(f"Measuring the {baseline} baseline ...")
         if synthetic is None and config is None:
             log("  (skipped: an exported weight directory has no HF checkpoint to compare)")
-        else:
-            r = _worker(spec)
-            rows.append({"mode": f"HF transformers ({r['dtype']})", "bits": "FP16" if device == "cuda" else "FP32",
-                         "bytes_per_token": r["wm_bytes"],
-                         "roofline_pct": 100.0 * r["wm_bytes"] / bandwidth * r["decode_tok_s"], **r})
+            continue
+        spec = {**common, "kind": "hf", "int4": baseline == "torch-int4"}
+        spec |= {"hf_config": config} if synthetic is not None else {"hf_dir": str(source)}
+        r = _worker(spec)
+        label = f"HF transformers ({r['dtype']})"
+        bits = "FP16" if device == "cuda" else "FP32"
+        if spec["int4"]:
+            label = f"HF + torch int4 weight-only (g{'/'.join(map(str, r['int4_groups']))})"
+            bits = "W4 (tinygemm)"
+        rows.append({"mode": label, "bits": bits, "bytes_per_token": r["wm_bytes"],
+                     "roofline_pct": 100.0 * r["wm_bytes"] / bandwidth * r["decode_tok_s"], **r})
     return {
         "model": name, "target": target, "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
         "warmup": warmup, "rm_method": rows[0]["rm_method"], "environment": environment(device, bandwidth),

@@ -71,7 +71,8 @@ def bench_hf(spec: dict) -> dict:
     reset_peak_rss()
     before = _rss_now()
     source = spec["hf_config"] if spec.get("hf_config") else Path(spec["hf_dir"])
-    out = run(source, spec["device"], spec["prompt_ids"], spec["gen_len"], spec["runs"], spec["warmup"])
+    out = run(source, spec["device"], spec["prompt_ids"], spec["gen_len"], spec["runs"], spec["warmup"],
+              int4=spec.get("int4", False))
     if not cuda:
         out["rm_bytes"] = peak_rss_bytes() - before
         out["rm_method"] = "process peak RSS (VmHWM) minus RSS before loading the weights"

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..bench.presets import SYNTHETIC
-from ..bench.run import DEFAULT_MODES
+from ..bench.run import BASELINES, DEFAULT_MODES
 
 
 @click.command()
@@ -20,10 +20,12 @@ from ..bench.run import DEFAULT_MODES
 @click.option("--gen-len", default=256, show_default=True, type=click.IntRange(2))
 @click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="Measured runs (median).")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
-@click.option("--no-hf-baseline", is_flag=True, help="Skip the transformers generate() row.")
+@click.option("--baselines", default=",".join(BASELINES), show_default=True,
+              help="Comma-separated baseline rows: hf (transformers generate), torch-int4 (the same "
+                   "with torch's int4 weight-only matmul); empty for none.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
-def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, no_hf_baseline, out_dir) -> None:
-    """Weight memory, running memory, prefill and decode tok/s per mode, beside the HF baseline.
+def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, baselines, out_dir) -> None:
+    """Weight memory, running memory, prefill and decode tok/s per mode, beside the baselines.
 
     MODEL is an HF directory (exported in each mode), or an exported weight directory (its one
     mode); or pass --synthetic NAME. Writes OUT/<name>.md, .json and .png.
@@ -35,7 +37,7 @@ def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warm
         out_dir=out_dir, source=model, synthetic=synthetic,
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()), target=target, arch=arch,
         prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup,
-        hf_baseline=not no_hf_baseline, log=lambda s: click.echo(s, err=True),
+        baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), log=lambda s: click.echo(s, err=True),
     )
     stem = f"deploy_{(synthetic or Path(model).name)}_{result['target']}"
     paths = report.write(result, out_dir, stem)

@@ -34,7 +34,8 @@ def test_report_files_and_table(report):
     assert "| Mode | Bits | WM | RM | prefill tok/s | decode tok/s | % roofline |" in md
     assert (out / "deploy_tiny_llvm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["mode"] for r in data["rows"][: len(MODES)]] == list(MODES)
-    assert data["rows"][-1]["mode"].startswith("HF transformers")
+    assert data["rows"][-2]["mode"].startswith("HF transformers (float32)")
+    assert data["rows"][-1]["mode"].startswith("HF + torch int4 weight-only (g")
     for row in data["rows"]:
         for key in ("prefill_tok_s", "decode_tok_s", "rm_bytes", "wm_bytes", "roofline_pct"):
             assert row[key] > 0, (row["mode"], key)
@@ -55,6 +56,8 @@ def test_numbers_are_consistent(report):
     # Fewer bits, fewer bytes: the weight memory orders as the modes' widths do.
     wm = {r["mode"]: r["wm_bytes"] for r in data["rows"]}
     assert wm["q0f16"] > wm["q4f16_g128asym"] > wm["q2f16_g128asym"]
+    hf, int4 = data["rows"][-2:]
+    assert int4["wm_bytes"] < hf["wm_bytes"] / 2  # int4 linears; the float32 embedding stays
 
 
 @pytest.mark.parametrize("mode", ["q0f16", "q4f16_1", "q3f16_1", "q3f16_g64asym", "q2f16_g128asym"])
