@@ -43,8 +43,17 @@ def dequantize_weight(
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dequantize to {dtype}: float16 or float32 only")
 
+    if dtype == "float32":
+        # Codes as a stage of their own, which the CPU GEMV may run as a phase of its own
+        # (tvm_schedules/cpu/gemv.py); every other schedule inlines it.
+        codes = te.compute((n, k), lambda i, j: unpack_code(q_weight, i, j, mode.bits).astype(dtype),
+                           name="unpack")
+
     def weight(i, j):
-        q = unpack_code(q_weight, i, j, mode.bits).astype(dtype)
+        if dtype == "float32":
+            q = codes[i, j]
+        else:
+            q = unpack_code(q_weight, i, j, mode.bits).astype(dtype)
         if mode.symmetric:
             zero = tirx.const(mode.max_int, dtype)
         else:

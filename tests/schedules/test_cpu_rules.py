@@ -144,3 +144,17 @@ def _unrounded(mode, t, k):
     zero = (unpack_codes(t["q_zero"], m.bits, groups)[:, g].astype(np.float32) if "q_zero" in t
             else np.float32(m.max_int))
     return (codes - zero) * t["q_scale"].astype(np.float32)[:, g]
+
+
+@pytest.mark.parametrize("mode,expect", [("q3f16_g128asym", True), ("q3f16_g32asym", True),
+                                         ("q3f16_1", False), ("q4f16_g128asym", False),
+                                         ("q2f16_g64asym", False)])
+def test_gemv_stages_3bit_groups_that_straddle_words(mode, expect):
+    """The staged GEMV (exercised by test_cpu_matmul_is_exact) is taken exactly where a word's
+    codes can fall in two groups."""
+    from tvm_schedules.cpu.gemv import staged
+    from tvm_schedules.cpu.match import match_matmul
+
+    info = match_matmul(dequant_matmul(mode, 64, 640, x_dtype="float32", out_dtype="float32"))
+    assert info.epw == MODES[mode].elems_per_word and info.group == MODES[mode].group_size
+    assert staged(info) is expect

@@ -60,6 +60,8 @@ def _pad_factors(info: CPUMatmul) -> list[int] | None:
 
 def _schedule(info: CPUMatmul) -> s_tir.Schedule:
     sch, block = info.sch, info.block
+    if info.unpack is not None:
+        sch.compute_inline(info.unpack)
     pad = _pad_factors(info)
     if pad is not None:
         sch.pad_einsum(block, pad)

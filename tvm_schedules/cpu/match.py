@@ -30,10 +30,13 @@ class CPUMatmul:
     sch: s_tir.Schedule
     block: s_tir.schedule.SBlockRV  # the reduction block
     weight: s_tir.schedule.SBlockRV  # the block writing the [N, K] float weight
+    unpack: s_tir.schedule.SBlockRV | None  # the llvm dequantize's code-unpacking stage, if any
     epilogues: list[s_tir.schedule.SBlockRV]  # elementwise chain after the reduction
     row_extents: list  # extents of the spatial iters before n (static ints or PrimExprs)
     n: int
     k: int
+    epw: int | None  # codes per uint32 word (None: a float weight)
+    group: int | None  # codes per scale
 
     @property
     def static_rows(self) -> int | None:
@@ -50,12 +53,31 @@ def is_llvm(target: Target) -> bool:
     return target.kind.name == "llvm"
 
 
-def codes_per_word(sch: s_tir.Schedule, block) -> int | None:
-    """Codes per uint32 word of the weight inlined into ``block`` (None: a float weight)."""
-    stmt = sch.get(block)
+def _packing(func: tirx.PrimFunc) -> tuple[int, int] | None:
+    """(codes per word, group size) of the weight, read off a copy with everything inlined
+    into the reduction (None: a float weight)."""
+    sch = s_tir.Schedule(func)
+    blocks = root_blocks(sch)
+    reductions = [b for b in blocks if is_reduction(sch, b)]
+    for _ in range(4):
+        producers = list(sch.get_producers(reductions[0]))
+        if not producers:
+            break
+        try:
+            for p in producers:
+                sch.compute_inline(p)
+        except Exception:  # noqa: BLE001
+            return None
+    stmt = sch.get(reductions[0])
     red = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
     packing = packing_of(stmt, red[0].var) if len(red) == 1 else None
-    return packing[1] if packing else None
+    return (packing[1], packing[2]) if packing else None
+
+
+def _is_unpack(sch: s_tir.Schedule, block) -> bool:
+    """The code-unpacking stage of the llvm dequantize: reads only packed words."""
+    reads = [r.source.dtype for r in sch.get(block).reads]
+    return bool(reads) and all(d == "uint32" for d in reads) and not sch.get_producers(block)
 
 
 def _static(expr):
@@ -113,8 +135,12 @@ def match_matmul(func: tirx.PrimFunc) -> CPUMatmul | None:
     if len(producers) != 1 or not _writes_weight(sch, producers[0], stmt, n_iv.var, k_iv.var):
         return None  # x comes from a producer, or the weight is not a block: not ours
     weight = producers[0]
+    unpack = None
     for _ in range(4):  # dequantize -> cast: one block computing the float weight
         inner = list(sch.get_producers(weight))
+        if len(inner) == 1 and _is_unpack(sch, inner[0]):
+            unpack = inner[0]  # kept: the GEMV may unpack whole words in a phase of its own
+            break
         if not inner:
             break
         try:
@@ -126,16 +152,18 @@ def match_matmul(func: tirx.PrimFunc) -> CPUMatmul | None:
     if epilogues is None:
         return None
     # Side inputs of the epilogue (the float16 -> float32 cast of a Qwen2 qkv bias) go into it.
-    own = {sch.get(b) for b in (block, weight, *epilogues)}
+    own = {sch.get(b) for b in (block, weight, *epilogues, *([unpack] if unpack else []))}
     for other in root_blocks(sch):
         if sch.get(other) not in own:
             try:
                 sch.compute_inline(other)
             except Exception:  # noqa: BLE001
                 return None
+    packing = _packing(func)
     return CPUMatmul(
-        sch=sch, block=block, weight=weight, epilogues=epilogues,
+        sch=sch, block=block, weight=weight, unpack=unpack, epilogues=epilogues,
         row_extents=[_static(iv.dom.extent) for iv in iters[:-2]], n=n, k=k,
+        epw=packing[0] if packing else None, group=packing[1] if packing else None,
     )
 
 
