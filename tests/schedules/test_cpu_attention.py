@@ -42,8 +42,10 @@ def _kernel(kind: str, fast: bool, h_kv: int, h_q: int, d: int) -> Callable:
             func = make(h_kv, h_q, d, d, DTYPE, {})
         else:
             name = PAGED_NAME
-            make = fast_attention_prefill_cpu if fast else _attention_prefill_cpu
-            func = make(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
+            if fast:
+                func = fast_attention_prefill_cpu(h_kv, h_q, d, DTYPE, {}, page_size=PAGE)
+            else:
+                func = _attention_prefill_cpu(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
         mod = tvm.IRModule({name: func.with_attr("global_symbol", name)})
         _compiled[key] = tvm.compile(mod, target="llvm")[name]
     return _compiled[key]

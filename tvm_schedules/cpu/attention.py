@@ -332,7 +332,6 @@ def fast_attention_prefill_cpu(
     h_q: int,
     d: int,
     dtype: str,
-    sliding_window: bool = False,
     rope_scaling: dict[str, Any] | None = None,
     page_size: int = 16,
 ) -> tirx.PrimFunc:
@@ -343,11 +342,9 @@ def fast_attention_prefill_cpu(
     ``length_info [batch_size]`` (last page lengths), ``k_rope_pos_offset``,
     ``q_rope_position``, ``output``, ``lse``, then the five scalars). Keys are gathered once
     from the pages into a transposed float32 copy indexed by page-slot, where sequence ``b``'s
-    key ``j`` sits at ``page_indptr[b] * page_size + j``. The sliding-window variant is not
-    provided.
+    key ``j`` sits at ``page_indptr[b] * page_size + j``. The sliding-window variant
+    (``batch_prefill_paged_kv_cpu_sliding_window``) keeps TVM's kernel: our models do not use it.
     """
-    if sliding_window:
-        raise NotImplementedError("only the sliding_window=False paged prefill kernel is provided")
     rope_scaling = dict(rope_scaling or {})
     group_size = h_q // h_kv
     gs, kb = _tiling(group_size, d)
@@ -504,7 +501,7 @@ def _build_paged(func: tirx.PrimFunc, rope_scaling: dict[str, Any]) -> tirx.Prim
     (_, h_q, d), (_, two, h_kv, page_size, d_k) = (sigs[i][2] for i in (0, 2))
     if None in (h_q, d, h_kv, page_size) or two != 2 or d_k != d or h_q % h_kv:
         return None
-    return fast_attention_prefill_cpu(h_kv, h_q, d, sigs[0][1], False, rope_scaling, page_size)
+    return fast_attention_prefill_cpu(h_kv, h_q, d, sigs[0][1], rope_scaling, page_size)
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseFastCPUAttention")
