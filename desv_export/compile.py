@@ -7,9 +7,9 @@ Pipeline (MLC-LLM's ``compiler_pass/pipeline.py`` is the model; the passes here 
    is there), export it with ``nn`` and check its parameters against tensor-cache.json.
 2. Relax: legalize, fuse (the dequantize+matmul PrimFuncs are already one op each).
 3. TIR schedules: CUDA applies ``tvm_schedules.registry.cuda_rules()`` then dlight's GPU rules
-   (``--schedules dlight``: dlight only, MLC-LLM's baseline); llvm tiles prefill matmuls
-   (dequantize once per column tile, tiles in parallel) and inlines the dequantize into
-   decode matmuls and the embedding gather (``_schedule_cpu``).
+   (``--schedules dlight``: dlight only, MLC-LLM's baseline); llvm applies
+   ``tvm_schedules.cpu.cpu_rules()`` (tiled GEMM for prefill, vector GEMV for decode, inlined
+   gather), swaps in the fast prefill attention kernels and marks every kernel ``noalias``.
 4. Memory planning with the variable bounds (seq_len <= prefill_chunk_size, total_seq_len <=
    context_window_size, batch_size <= max_batch_size), ``_metadata`` with memory usage, VM
    lowering, build, export to a temporary file renamed into place.

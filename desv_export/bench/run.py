@@ -102,6 +102,9 @@ def run_bench(
         raise UserError("pass either a model directory or --synthetic NAME, not both")
     for m in modes:
         get_mode(m)
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise UserError(f"--baselines {','.join(sorted(unknown))} is not one of {', '.join(BASELINES)}")
     if target == "auto":
         target = "cuda" if gpu_visible() else "llvm"
     device = "cuda" if target == "cuda" else "cpu"
@@ -148,9 +151,6 @@ def run_bench(
         rows.append({"mode": mode, "bits": bits_label(mode), "wm_bytes": wm, "bytes_per_token": read_per_token,
                      "roofline_pct": 100.0 * floor_s * r["decode_tok_s"], **r})
         log(f"  {mode}: prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise UserError(f"--baselines {','.join(sorted(unknown))} is not one of {', '.join(BASELINES)}")
     for baseline in baselines:
         log(f"Measuring the {baseline} baseline ...")
         if synthetic is None and config is None:

@@ -7,8 +7,8 @@ them (CONTRACT 2), so parameter names and shapes of the compiled library are the
 Each forward is ONE tensor-expression op whose PrimFunc holds a ``dequantize`` block (from
 ``desv_export.model.dequantize``) feeding a ``matmul`` (or ``take``) block. That is the shape
 MLC-LLM reaches only after its FuseDequantize* passes, here by construction: the schedule rules
-(``tvm_schedules`` on CUDA, ``inline_dequantize`` on llvm) then inline the dequantize into the
-consumer, so no full float weight is ever materialised at run time.
+(``tvm_schedules`` on CUDA, ``tvm_schedules.cpu`` on llvm) then dequantize in registers or in
+tiles inside the consumer, so no full float weight is ever materialised at run time.
 
 Compute dtype: weights are stored float16 (codes * float16 scale, exact); activations use the
 model's compute dtype (float32 on llvm, float16 on CUDA, see ``desv_export/compile.py``).

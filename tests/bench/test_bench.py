@@ -88,3 +88,6 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 2 and "q5f16_x" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["bench", str(tmp_path / "missing"), "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "missing" in r.output
+    r = CliRunner().invoke(main, ["bench", "--synthetic", "tiny", "--baselines", "hf,vllm", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--baselines vllm" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o" / "work" / "q0f16").exists()  # refused before any mode ran
