@@ -116,11 +116,10 @@ def match_dequant_matmul(func: tirx.PrimFunc) -> DequantMatmul | None:
     if not isinstance(func, tirx.PrimFunc):
         return None
     sch = s_tir.Schedule(func)
-    root = sch.get_sblock("root") if _has_root(sch) else None
-    if root is None:
+    blocks = root_blocks(sch)
+    if not blocks:
         return None
-    blocks = sch.get_child_blocks(root)
-    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    reductions = [b for b in blocks if is_reduction(sch, b)]
     if len(reductions) != 1:
         return None
     main = reductions[0]
@@ -178,15 +177,15 @@ def match_dequant_matmul(func: tirx.PrimFunc) -> DequantMatmul | None:
     )
 
 
-def _has_root(sch: s_tir.Schedule) -> bool:
+def root_blocks(sch: s_tir.Schedule) -> list:
+    """The blocks under the root block; [] for a PrimFunc without one (already lowered)."""
     try:
-        sch.get_sblock("root")
-        return True
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
     except Exception:  # pylint: disable=broad-except
-        return False
+        return []
 
 
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
     stmt = sch.get(block)
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)
 
@@ -208,7 +207,7 @@ def consumer_chain(sch: s_tir.Schedule, block) -> list | None:
         consumers = sch.get_consumers(current)
         if not consumers:
             return chain
-        if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+        if len(consumers) != 1 or is_reduction(sch, consumers[0]):
             return None
         current = consumers[0]
         chain.append(current)

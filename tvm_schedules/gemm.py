@@ -43,7 +43,7 @@ def schedule_dequant_gemm(func: tirx.PrimFunc, info: DequantMatmul, micro: int =
 
     batch = static_batch(info)
     threads_m = 16 if batch is None or batch > 32 else max(1, _next_pow2(batch) // micro)
-    bm, bn = threads_m * micro, threads_n * micro
+    bm = threads_m * micro
     words_per_slab = 4 if info.epw != 16 else 2
     bk = words_per_slab * info.epw  # 32 (4-bit), 40 (3-bit), 32 (2-bit)
 

@@ -11,7 +11,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 
-from .match import is_llvm, is_reduction, root_blocks
+from ..analysis import is_reduction, root_blocks
+from .match import is_llvm
 
 
 class CPUInlineSpatial(dl.ScheduleRule):

@@ -1,11 +1,12 @@
 """Recognise a matmul PrimFunc of the compiled model on the CPU, whatever the export mode.
 
 On llvm every linear layer arrives as one PrimFunc (``desv_export/model/quantized.py``): a
-spatial weight producer [N, K] (the dequantize, then its cast to float32 activations; for q0f16
-just the cast), one reduction block ``out[rows..., n] += x[rows..., k] * W[n, k]`` and an
-elementwise tail (residual add, cast). The CPU rules schedule that structure; they need the
-weight as a block of its own (the GEMM dequantizes a tile of it once per column block), so the
-match collapses the producer chain into one weight block instead of inlining it everywhere.
+spatial weight producer [N, K] (the float32 dequantize, fed by its code-unpacking stage; for
+q0f16 the cast of the float16 weight), one reduction block
+``out[rows..., n] += x[rows..., k] * W[n, k]`` and an elementwise tail (residual add, cast).
+The CPU rules schedule that structure; they need the weight as a block of its own (the GEMM
+dequantizes a tile of it once per column block, the 3-bit GEMV stages it per row), so the match
+keeps the weight block and the unpack stage apart instead of inlining them everywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tvm.ir.prim import expr as prim_expr
 from tvm.tirx.stmt import BufferStore
 from tvm.target import Target
 
-from ..analysis import consumer_chain, packing_of
+from ..analysis import consumer_chain, is_reduction, packing_of, root_blocks
 
 
 @dataclass
@@ -82,17 +83,6 @@ def _is_unpack(sch: s_tir.Schedule, block) -> bool:
 
 def _static(expr):
     return int(expr.value) if isinstance(expr, prim_expr.IntImm) else expr
-
-
-def root_blocks(sch: s_tir.Schedule) -> list:
-    try:
-        return list(sch.get_child_blocks(sch.get_sblock("root")))
-    except Exception:  # noqa: BLE001 - a PrimFunc without a root block (already lowered)
-        return []
-
-
-def is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
 def _writes_weight(sch: s_tir.Schedule, producer, stmt, n_var, k_var) -> bool:
