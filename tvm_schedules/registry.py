@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .dispatch import LowBatchDispatch
 from .gemm import DequantGEMM
 from .gemv import DecodeGEMV, LowBatchGEMV
 from .take import DequantTake
@@ -11,4 +12,4 @@ def cuda_rules() -> list:
     """Our rules in priority order; each returns None on a PrimFunc it does not own, so the
     pipeline's ``ApplyDefaultSchedule(*cuda_rules(), *dlight_rules)`` falls through to dlight
     for everything else (attention, norms, elementwise, float16 matmuls)."""
-    return [DecodeGEMV(), LowBatchGEMV(), DequantGEMM(), DequantTake()]
+    return [LowBatchDispatch(), DecodeGEMV(), LowBatchGEMV(), DequantGEMM(), DequantTake()]

@@ -1,0 +1,66 @@
+"""LowBatchDispatch: one PrimFunc that takes the low-batch GEMV or the GEMM by row count.
+
+The joined function runs on the CPU with its threads serialised (``cpu_check``), for row
+counts that take each branch, and must equal the numpy reference exactly (exact data, see
+``conftest.exact_case``); its CUDA source must compile with nvcc.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from tvm import tirx
+
+from desv_export.pack import dequantize
+from tests.schedules.conftest import cuda_target, exact_case
+from tvm_schedules import cuda_rules
+from tvm_schedules.cpu_check import build_cpu, cuda_source, nvcc_compile
+from tvm_schedules.dispatch import LowBatchDispatch
+from tvm_schedules.workloads import dequant_matmul
+
+TARGET = cuda_target("sm_90")
+
+
+def _dispatched(mode: str, n: int, k: int):
+    func = dequant_matmul(mode, n, k, batch=tirx.Var("batch_size", "int64"), seq=1)
+    sch = LowBatchDispatch().apply(func, TARGET, False)
+    assert sch is not None
+    return sch.mod
+
+
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_g128asym", "q2f16_g64asym"])
+def test_every_branch_is_exact(mode):
+    n, k = 128, 640
+    lib = build_cpu(_dispatched(mode, n, k))
+    for rows in (1, 2, 3, 8, 13):  # GEMV(2), GEMV(2), GEMV(4), GEMV(4), GEMM
+        t, x = exact_case(mode, n, k, rows, seed=rows)
+        args = [x.reshape(rows, 1, k), t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+        import tvm
+
+        dev = tvm.cpu()
+        out = tvm.runtime.tensor(np.full((rows, 1, n), np.nan, np.float16), dev)
+        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
+        expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
+        np.testing.assert_array_equal(out.numpy().reshape(rows, n).astype(np.float32), expect, err_msg=f"rows={rows}")
+
+
+def test_the_pipeline_dispatches_symbolic_rows_only():
+    assert isinstance(cuda_rules()[0], LowBatchDispatch)
+    static = dequant_matmul("q4f16_1", 128, 640, batch=4)
+    assert LowBatchDispatch().apply(static, TARGET, False) is None  # static: LowBatchGEMV's
+    assert LowBatchDispatch().apply(static, tvm_llvm(), False) is None
+
+
+def tvm_llvm():
+    import tvm
+
+    return tvm.target.Target("llvm")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_dispatched_kernel_compiles_with_nvcc(tmp_path):
+    source = cuda_source(_dispatched("q4f16_g128asym", 256, 512), TARGET)
+    assert "__global__" in source
+    assert nvcc_compile(source, "sm_90", tmp_path / "k.cubin").stat().st_size > 0
