@@ -21,7 +21,7 @@ from tvm.ir.prim import expr as prim_expr
 from tvm.tirx.stmt import BufferStore
 from tvm.target import Target
 
-from ..analysis import consumer_chain, is_reduction, packing_of, root_blocks
+from ..analysis import consumer_chain, is_reduction, match_dequant_matmul, root_blocks
 
 
 @dataclass
@@ -52,27 +52,6 @@ class CPUMatmul:
 
 def is_llvm(target: Target) -> bool:
     return target.kind.name == "llvm"
-
-
-def _packing(func: tirx.PrimFunc) -> tuple[int, int] | None:
-    """(codes per word, group size) of the weight, read off a copy with everything inlined
-    into the reduction (None: a float weight)."""
-    sch = s_tir.Schedule(func)
-    blocks = root_blocks(sch)
-    reductions = [b for b in blocks if is_reduction(sch, b)]
-    for _ in range(4):
-        producers = list(sch.get_producers(reductions[0]))
-        if not producers:
-            break
-        try:
-            for p in producers:
-                sch.compute_inline(p)
-        except Exception:  # noqa: BLE001
-            return None
-    stmt = sch.get(reductions[0])
-    red = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
-    packing = packing_of(stmt, red[0].var) if len(red) == 1 else None
-    return (packing[1], packing[2]) if packing else None
 
 
 def _is_unpack(sch: s_tir.Schedule, block) -> bool:
@@ -149,11 +128,11 @@ def match_matmul(func: tirx.PrimFunc) -> CPUMatmul | None:
                 sch.compute_inline(other)
             except Exception:  # noqa: BLE001
                 return None
-    packing = _packing(func)
+    packed = match_dequant_matmul(func)  # the packing facts, read as the CUDA rules read them
     return CPUMatmul(
         sch=sch, block=block, weight=weight, unpack=unpack, epilogues=epilogues,
         row_extents=[_static(iv.dom.extent) for iv in iters[:-2]], n=n, k=k,
-        epw=packing[0] if packing else None, group=packing[1] if packing else None,
+        epw=packed.epw if packed else None, group=packed.group if packed else None,
     )
 
 
