@@ -37,3 +37,13 @@ def exact_case(mode: str, n: int, k: int, rows: int, seed: int = 0):
 @pytest.fixture(scope="session")
 def sm90() -> tvm.target.Target:
     return cuda_target("sm_90")
+
+
+def first_rule(rules: list, func, target: tvm.target.Target):
+    """(rule class name, scheduled module) of the first rule that takes ``func``, as
+    ``ApplyDefaultSchedule`` picks it."""
+    for rule in rules:
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return type(rule).__name__, sch.mod
+    raise AssertionError(f"no rule of {[type(r).__name__ for r in rules]} applied")

@@ -16,7 +16,7 @@ from tvm.s_tir import dlight as dl
 from desv_export.compile import host_cpu_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case
+from tests.schedules.conftest import cuda_target, exact_case, first_rule
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
@@ -33,12 +33,7 @@ CASES = [
 
 
 def _schedule(func):
-    """(rule name, scheduled module) as ApplyDefaultSchedule picks it."""
-    for rule in cpu_rules():
-        sch = rule.apply(func, LLVM, False)
-        if sch is not None:
-            return type(rule).__name__, sch.mod
-    raise AssertionError("no CPU rule applied")
+    return first_rule(cpu_rules(), func, LLVM)
 
 
 def _weights(t):

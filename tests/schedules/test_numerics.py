@@ -16,7 +16,7 @@ from tvm import tirx
 
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case
+from tests.schedules.conftest import cuda_target, exact_case, first_rule
 from tvm_schedules import cuda_rules
 from tvm_schedules.cpu_check import build_cpu, serialize_threads
 from tvm_schedules.workloads import dequant_matmul, dequant_take, random_quantized
@@ -26,11 +26,7 @@ TARGET = cuda_target("sm_90")
 
 
 def _schedule(func):
-    for rule in cuda_rules():
-        sch = rule.apply(func, TARGET, False)
-        if sch is not None:
-            return type(rule).__name__, sch.mod
-    raise AssertionError("no rule applied")
+    return first_rule(cuda_rules(), func, TARGET)
 
 
 def _run(lib, args, out_shape):
