@@ -1,4 +1,4 @@
-"""The fast llvm prefill attention kernels agree with TVM's own, and the pass swaps them in.
+"""The fast llvm prefill / decode attention kernels agree with TVM's own, and the pass swaps them in.
 
 Both kernels and TVM's originals (from the installed wheel) are compiled for small head counts
 and run on random ragged batches, causal and not, with inline RoPE and without. The main cases
@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 import tvm
 from tvm import tirx
+from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 
 from tvm_schedules.cpu.attention import (
+    DECODE_NAME,
     PAGED_NAME,
     RAGGED_NAME,
     UseFastCPUAttention,
+    fast_attention_decode_cpu,
     fast_attention_prefill_cpu,
     fast_attention_prefill_ragged_cpu,
 )
@@ -33,13 +36,19 @@ _compiled: dict[tuple, Callable] = {}
 
 
 def _kernel(kind: str, fast: bool, h_kv: int, h_q: int, d: int) -> Callable:
-    """Compiled once per session: kind is "ragged" or "paged"."""
+    """Compiled once per session: kind is "ragged", "paged" or "decode"."""
     key = (kind, fast, h_kv, h_q, d)
     if key not in _compiled:
         if kind == "ragged":
             name = RAGGED_NAME
             make = fast_attention_prefill_ragged_cpu if fast else _attention_prefill_ragged_cpu
             func = make(h_kv, h_q, d, d, DTYPE, {})
+        elif kind == "decode":
+            name = DECODE_NAME
+            if fast:
+                func = fast_attention_decode_cpu(h_kv, h_q, d, DTYPE, {}, page_size=PAGE)
+            else:
+                func = _attention_decode_cpu(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
         else:
             name = PAGED_NAME
             if fast:
@@ -119,6 +128,40 @@ def test_paged_matches_tvm(causal: int, q_lens: list[int], kv_lens: list[int]) -
     _compare("paged", HEADS, q_lens, kv_lens, causal, rotary_mode=0)
 
 
+def _compare_decode(heads: tuple[int, int, int], kv_lens: list[int], rotary_mode: int) -> None:
+    """One query per sequence over its whole paged KV (a shuffled pool with unused pages)."""
+    _, h_q, d = heads
+    q_lens = [1] * len(kv_lens)
+    q, _, pages, page_indptr, page_values, last_page_len, k_off, _ = _paged_case(
+        q_lens, kv_lens, heads, seed=11 * sum(kv_lens) + rotary_mode
+    )
+    q_pos = np.array([n - 1 for n in kv_lens], np.int32)
+    dev = tvm.cpu()
+    results = []
+    for fast in (False, True):
+        out = tvm.runtime.tensor(np.full((len(kv_lens), h_q, d), np.nan, np.float32), dev)
+        lse = tvm.runtime.tensor(np.full((len(kv_lens), h_q), np.nan, np.float32), dev)
+        arrays = [q, pages, page_indptr, page_values, last_page_len, k_off, q_pos]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+        _kernel("decode", fast, *heads)(*args, out, lse, rotary_mode, 1.0, 10000.0, 1.0 / math.sqrt(d))
+        results.append((out.numpy(), lse.numpy()))
+    (o_ref, l_ref), (o_new, l_new) = results
+    np.testing.assert_allclose(o_new, o_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(l_new, l_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rotary_mode", [0, 1])
+# 1 sequence; 3 of lengths not a page multiple, a page multiple (32) and a single key
+@pytest.mark.parametrize("kv_lens", [[37], [70, 32, 1]])
+def test_decode_matches_tvm(rotary_mode: int, kv_lens: list[int]) -> None:
+    _compare_decode(HEADS, kv_lens, rotary_mode)
+
+
+@pytest.mark.parametrize("heads", [(3, 9, 64), (2, 2, 32), (1, 8, 32)], ids=["smollm2", "mha", "group8"])
+def test_decode_other_head_layouts(heads: tuple[int, int, int]) -> None:
+    _compare_decode(heads, [140, 16, 5], rotary_mode=0)
+
+
 @pytest.mark.parametrize("kind", ["ragged", "paged"])
 def test_inline_rope_matches_tvm(kind: str) -> None:
     _compare(kind, HEADS, [6, 20], [10, 37], causal=1, rotary_mode=1)
@@ -138,10 +181,14 @@ def _original_module() -> tvm.IRModule:
     target = tvm.target.Target("llvm")
     ragged = _attention_prefill_ragged_cpu(h_kv, h_q, d, d, DTYPE, {})
     paged = _attention_prefill_cpu(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
+    decode = _attention_decode_cpu(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
+    decode_sw = _attention_decode_cpu(h_kv, h_q, d, DTYPE, True, {}, page_size=PAGE)
     return tvm.IRModule(
         {
             RAGGED_NAME: ragged.with_attr("global_symbol", RAGGED_NAME).with_attr("target", target),
             PAGED_NAME: paged.with_attr("target", target),
+            DECODE_NAME: decode.with_attr("target", target),
+            DECODE_NAME + "_sliding_window": decode_sw.with_attr("target", target),
         }
     )
 
@@ -157,10 +204,12 @@ def _signature(func: tirx.PrimFunc) -> list:
 def test_pass_replaces_kernels() -> None:
     mod = _original_module()
     new = UseFastCPUAttention()(mod)
-    for name in (RAGGED_NAME, PAGED_NAME):
+    # the sliding-window decode kernel keeps TVM's
+    assert new[DECODE_NAME + "_sliding_window"].same_as(mod[DECODE_NAME + "_sliding_window"])
+    for name in (RAGGED_NAME, PAGED_NAME, DECODE_NAME):
         func, old = new[name], mod[name]
         assert not func.same_as(old)
-        assert not old.attrs.get("tirx.is_scheduled")  # the input module is left as it was
+        assert "tirx.noalias" not in old.attrs  # the input module is left as it was
         assert func.attrs["global_symbol"] == name
         assert func.attrs["target"].kind.name == "llvm"
         assert bool(func.attrs["tirx.noalias"]) and bool(func.attrs["tirx.is_scheduled"])
