@@ -72,6 +72,38 @@ def _exp2_or_zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return T.if_then_else(x < T.float32(_EXP2_ZERO), T.float32(0), T.exp2(x))
 
 
+@T.macro
+def _sequence_of(seq: T.Buffer, indptr: T.Buffer, batch_size: T.int32, x: T.int32):
+    """``seq[0]`` = the sequence whose ``indptr`` range holds ``x`` (``batch_size``: none)."""
+    seq[0] = 0
+    for bb in range(batch_size):
+        if indptr[bb + 1] <= x:
+            seq[0] = seq[0] + 1
+
+
+def _unit_heads(p: tirx.PrimExpr, units: int, n_sub: int, group_size: int, gs: int):
+    """(KV head, first q head) of work unit ``p``: ``gs`` q heads that share one KV head."""
+    hk = p % units // n_sub
+    return hk, hk * group_size + p % n_sub * gs
+
+
+def _zigzag_row(ordinal: tirx.PrimExpr, n: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Rows 0, n-1, 1, n-2, ...: TVM hands each thread a contiguous range of the parallel
+    loop, and this gives every range about the same causal work."""
+    return T.if_then_else(ordinal % 2 == 0, ordinal // 2, n - 1 - ordinal // 2)
+
+
+def _paged_len(p_beg: tirx.PrimExpr, p_end: tirx.PrimExpr, page_size: int, last: tirx.PrimExpr):
+    """Keys of a sequence holding pages [p_beg, p_end) whose last page holds ``last``."""
+    return T.if_then_else(p_beg != p_end, (p_end - p_beg - 1) * page_size + last, 0)
+
+
+def _visible(causal, k_n, q_n, pos) -> tirx.PrimExpr:
+    """Keys query ``pos`` (of ``q_n``) may see: a prefix, as _causal_mask's
+    ``col < kv_len - qo_len + row + 1``."""
+    return T.if_then_else(causal > 0, T.min(T.max(k_n - q_n + pos + 1, 0), k_n), k_n)
+
+
 def _tiling(group_size: int, d_v: int) -> tuple[int, int]:
     """(q heads per work unit, keys per score block).
 
@@ -341,10 +373,7 @@ def fast_attention_prefill_ragged_cpu(
         for t in T.parallel(kv_len):
             if rotary_mode == 1:
                 seq = T.alloc_buffer((1,), "int32", scope="local")
-                seq[0] = 0
-                for bb in range(batch_size):
-                    if kv_indptr[bb + 1] <= t:
-                        seq[0] = seq[0] + 1
+                _sequence_of(seq, kv_indptr, batch_size, t)
                 if seq[0] < batch_size:
                     for hk, dd in T.grid(h_kv, d_qk):
                         kt[hk, dd, t] = T.Cast(
@@ -365,25 +394,16 @@ def fast_attention_prefill_ragged_cpu(
                 kt[hk, dd, kv_len + j] = T.float32(0)
 
         for p in T.parallel(qo_len * units):
-            # rows in zigzag order (0, n-1, 1, n-2, ...): TVM hands each thread a contiguous
-            # range of p, and this gives every range about the same causal work
-            ord_: T.let[T.int32] = p // units
-            row: T.let[T.int32] = T.if_then_else(ord_ % 2 == 0, ord_ // 2, qo_len - 1 - ord_ // 2)
-            hk: T.let[T.int32] = p % units // n_sub
-            hbase: T.let[T.int32] = hk * group_size + p % n_sub * gs
+            row: T.let[T.int32] = _zigzag_row(p // units, qo_len)
+            hk: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[0]
+            hbase: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[1]
             seq = T.alloc_buffer((1,), "int32", scope="local")
-            seq[0] = 0
-            for bb in range(batch_size):
-                if q_indptr[bb + 1] <= row:
-                    seq[0] = seq[0] + 1
+            _sequence_of(seq, q_indptr, batch_size, row)
             b: T.let[T.int32] = seq[0]
             if b < batch_size and q_indptr[T.min(b, batch_size - 1)] <= row:
                 q_n: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 k_n: T.let[T.int32] = kv_indptr[b + 1] - kv_indptr[b]
-                # visible keys: a prefix, as _causal_mask's col < kv_len - qo_len + row + 1
-                n: T.let[T.int32] = T.if_then_else(
-                    causal > 0, T.min(T.max(k_n - q_n + (row - q_indptr[b]) + 1, 0), k_n), k_n
-                )
+                n: T.let[T.int32] = _visible(causal, k_n, q_n, row - q_indptr[b])
                 unit(
                     q, q_rope_position, kt, v, q_indptr, output, lse,
                     row, hk, hbase, n, k_n, kv_indptr[b], kv_indptr[b], kv_len + kb, 0,
@@ -469,10 +489,7 @@ def fast_attention_prefill_cpu(
             page: T.let[T.int32] = page_values[f // page_size]
             if rotary_mode == 1:
                 seq = T.alloc_buffer((1,), "int32", scope="local")
-                seq[0] = 0
-                for bb in range(batch_size):
-                    if page_indptr[bb + 1] <= f // page_size:
-                        seq[0] = seq[0] + 1
+                _sequence_of(seq, page_indptr, batch_size, f // page_size)
                 if seq[0] < batch_size:
                     for hk, dd in T.grid(h_kv, d):
                         kt[hk, dd, f] = T.Cast(
@@ -493,26 +510,18 @@ def fast_attention_prefill_cpu(
                 kt[hk, dd, nnz_pages * page_size + j] = T.float32(0)
 
         for p in T.parallel(total_len * units):
-            ord_: T.let[T.int32] = p // units
-            row: T.let[T.int32] = T.if_then_else(ord_ % 2 == 0, ord_ // 2, total_len - 1 - ord_ // 2)
-            hk: T.let[T.int32] = p % units // n_sub
-            hbase: T.let[T.int32] = hk * group_size + p % n_sub * gs
+            row: T.let[T.int32] = _zigzag_row(p // units, total_len)
+            hk: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[0]
+            hbase: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[1]
             seq = T.alloc_buffer((1,), "int32", scope="local")
-            seq[0] = 0
-            for bb in range(batch_size):
-                if q_indptr[bb + 1] <= row:
-                    seq[0] = seq[0] + 1
+            _sequence_of(seq, q_indptr, batch_size, row)
             b: T.let[T.int32] = seq[0]
             if b < batch_size and q_indptr[T.min(b, batch_size - 1)] <= row:
                 q_n: T.let[T.int32] = q_indptr[b + 1] - q_indptr[b]
                 p_beg: T.let[T.int32] = page_indptr[b]
                 p_end: T.let[T.int32] = page_indptr[b + 1]
-                k_n: T.let[T.int32] = T.if_then_else(
-                    p_beg != p_end, (p_end - p_beg - 1) * page_size + length_info[b], 0
-                )
-                n: T.let[T.int32] = T.if_then_else(
-                    causal > 0, T.min(T.max(k_n - q_n + (row - q_indptr[b]) + 1, 0), k_n), k_n
-                )
+                k_n: T.let[T.int32] = _paged_len(p_beg, p_end, page_size, length_info[b])
+                n: T.let[T.int32] = _visible(causal, k_n, q_n, row - q_indptr[b])
                 unit(
                     q, q_rope_position, kt, pages, page_values, output, lse,
                     row, hk, hbase, n, k_n, p_beg * page_size, p_beg, nnz_pages * page_size + kb, 0,
@@ -604,11 +613,11 @@ def fast_attention_decode_cpu(
 
         for p in T.parallel(B * units):
             b: T.let[T.int32] = p // units
-            hk: T.let[T.int32] = p % units // n_sub
-            hbase: T.let[T.int32] = hk * group_size + p % n_sub * gs
+            hk: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[0]
+            hbase: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[1]
             p_beg: T.let[T.int32] = page_table_indptr[b]
             p_end: T.let[T.int32] = page_table_indptr[b + 1]
-            k_n: T.let[T.int32] = T.if_then_else(p_beg != p_end, (p_end - p_beg - 1) * page_size + length_info[b], 0)
+            k_n: T.let[T.int32] = _paged_len(p_beg, p_end, page_size, length_info[b])
             unit(
                 Q, q_rope_position, pages, pages, page_table_values, output, lse,
                 b, hk, hbase, k_n, k_n, 0, p_beg, nnz_pages * page_size + kb, k_rope_pos_offset[b],
