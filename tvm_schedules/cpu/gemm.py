@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
+from ..analysis import consumer_chain
 from .match import CPUMatmul, CPUMatmulRule
 
 TILE_N = 32  # output columns per task: two AVX-512 (four AVX2) float32 vectors
@@ -83,7 +84,7 @@ def _schedule(info: CPUMatmul) -> s_tir.Schedule:
         unpad = sch.get_consumers(acc)[0]
         sch.compute_inline(acc)
         writer = unpad
-    for consumer in _chain(sch, writer):
+    for consumer in consumer_chain(sch, writer) or []:  # match_matmul checked it is elementwise
         sch.reverse_compute_inline(consumer)
     sch.reverse_compute_at(writer, r_o)
     # Vectorize before decomposing: the update block stops being a complete reduction after.
@@ -92,13 +93,3 @@ def _schedule(info: CPUMatmul) -> s_tir.Schedule:
     sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(writer)[-1])
     return sch
-
-
-def _chain(sch: s_tir.Schedule, block) -> list:
-    out, current = [], block
-    while True:
-        consumers = sch.get_consumers(current)
-        if len(consumers) != 1:
-            return out
-        current = consumers[0]
-        out.append(current)
