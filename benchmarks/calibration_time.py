@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--let", action="store_true", help="calibrate with --let (not for rtn)")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the runs")
     p.add_argument("--out", type=Path, default=RESULTS / "calibration_time")
     args = p.parse_args()
@@ -59,6 +60,8 @@ def main() -> None:
             cmd = ["calibrate", str(model), "-o", str(out), "--method", method, "--bits", str(args.bits),
                    "--group-size", str(args.group_size), "--nsamples", str(args.nsamples), "--seqlen",
                    str(args.seqlen), "--epochs", str(args.epochs), "--device", args.device, "--quiet"]
+            if args.let and method != "rtn":
+                cmd.append("--let")
             t0 = time.perf_counter()
             cli(*cmd, env=env)
             wall = time.perf_counter() - t0
@@ -74,7 +77,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Calibration time, W{args.bits}g{args.group_size}, {args.nsamples} x {args.seqlen} tokens, "
-             f"{args.epochs} epochs, {args.device}", "",
+             f"{args.epochs} epochs, {args.device}{', --let' if args.let else ''}", "",
              "| method | wall (s) | blocks | mean s/block |", "|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['wall_s']} | {r['blocks']} | {r['block_mean_s']} |" for r in rows]
     lines += ["", f"{os.cpu_count()} CPU cores, OMP threads {args.threads or 'default'}. Wall time includes loading the",

@@ -3,10 +3,12 @@
 For each decoder block i, in order:
 
 1. fp targets: the float block on the float inputs (``fp_inps`` -> ``fp_outs``);
-2. learn: AdamW on the LWC logits of every linear (and, for LSI/DESV, the SVD band) to
-   minimise MSE(fp_outs, block_with_fake_quant_weights(q_inps)); batch 1, windows in order;
-3. fold: each linear's W' = W + U B Vh goes through ``calib.quantizer.quantize`` with the
-   learned clipping, and the block's weights become the float16 grid values w_hat;
+2. learn: AdamW on the LWC logits of every linear (and, for LSI/DESV, the SVD band; with
+   ``--let``, the block's LET scales, ``calib.let``) to minimise
+   MSE(fp_outs, block_with_fake_quant_weights(q_inps)); batch 1, windows in order;
+3. fold: each linear's W' = W + U B Vh (times LET's column scales) goes through
+   ``calib.quantizer.quantize`` with the learned clipping, and the block's weights become the
+   float16 grid values w_hat (LET's norm gains and biases take their divided values);
 4. propagate: ``q_inps`` <- folded block(q_inps); ``fp_inps`` <- ``fp_outs``.
 
 RTN skips 1, 2 and 4 (it needs no data). Block-0 inputs, and the extra arguments the HF decoder
@@ -14,7 +16,11 @@ layer needs (rotary ``position_embeddings``, ``attention_mask``, ``position_ids`
 with a hook on block 0 while the embedding runs, so the blocks are called exactly as the HF
 model calls them.
 
-Resume: after each block, its folded weights, scales, zeros, loss and seconds are written to
+Precision: float32, or bf16 autocast (``--precision``; the default on CUDA). The grid, the
+fold and the stored weights are float32/float16 either way; autocast only changes the block's
+matmuls while learning and propagating.
+
+Resume: after each block, its folded weights, scales, zeros, LET tensors, loss and seconds are written to
 ``work_dir/block_NNNN.*`` (a small file: one block's weights). A restarted run with the same
 settings replays the finished blocks' forward passes (float and folded; no training) to rebuild
 the activations, then carries on. Replaying, rather than saving activations, keeps the work dir
@@ -42,10 +48,12 @@ from desv_export.atomic import atomic_file
 from desv_export.errors import UserError
 
 from .desv import SVDBand
+from .let import BlockLET, norm_gains
 from .model import decoder_layers, quantized_linears
 from .quantizer import LWC, GroupQuant, fake_quant, quantize
 
 METHODS = ("rtn", "lwc", "lsi", "desv")
+PRECISIONS = ("fp32", "bf16")
 BITS = (2, 3, 4)
 GROUP_SIZES = (32, 64, 128)
 # Test hook: raise after this block is saved, to simulate a killed run.
@@ -69,6 +77,9 @@ class Settings:
     dataset: str | None = "ptb"
     seed: int = 2
     device: str = "cpu"
+    precision: str | None = None  # fp32 | bf16; None: bf16 on CUDA, fp32 on the CPU
+    let: bool = False
+    let_lr: float = 5e-3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,6 +95,12 @@ class Settings:
             raise UserError(f"--n-diag {self.n_diag}: must be 0 or more")
         if self.method == "lsi":
             self.n_diag = 0
+        if self.precision is None:
+            self.precision = "bf16" if self.device.startswith("cuda") else "fp32"
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision}: choose {' or '.join(PRECISIONS)}")
+        if self.let and not self.needs_data:
+            raise UserError("--let learns from data; use it with --method lwc, lsi or desv, not rtn")
 
     @property
     def uses_band(self) -> bool:
@@ -96,10 +113,13 @@ class Settings:
     def to_json(self) -> dict:
         d = asdict(self)
         if not self.needs_data:  # RTN learns nothing: the data settings did not shape it
-            for k in ("nsamples", "seqlen", "epochs", "lwc_lr", "band_lr", "weight_decay", "dataset", "n_diag"):
+            for k in ("nsamples", "seqlen", "epochs", "lwc_lr", "band_lr", "weight_decay", "dataset", "n_diag",
+                      "precision", "let_lr"):
                 d[k] = None
         elif not self.uses_band:
             d["n_diag"] = d["band_lr"] = None
+        if not self.let:
+            d["let_lr"] = None
         return d
 
 
@@ -119,10 +139,11 @@ def _block_forward(layer, x, kwargs, weights=None):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16, no loss scaling needed); plain float32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(settings: Settings):
+    """bf16 mixed precision (no loss scaling needed), the CUDA default; float32 otherwise. The
+    same autocast runs on the CPU with ``--precision bf16``, which is how it is tested here."""
+    if settings.precision == "bf16":
+        return torch.autocast(torch.device(settings.device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -161,40 +182,57 @@ def catch_block0_inputs(model, windows: torch.Tensor, device: torch.device) -> t
 
 
 @torch.no_grad()
-def _propagate(layer, inps: torch.Tensor, kwargs: dict, device: torch.device) -> torch.Tensor:
+def _propagate(layer, inps: torch.Tensor, kwargs: dict, settings: Settings) -> torch.Tensor:
     outs = torch.empty_like(inps)
-    with _autocast(device):
+    with _autocast(settings):
         for s in range(inps.shape[0]):
             outs[s : s + 1] = _block_forward(layer, inps[s : s + 1], kwargs).float()
     return outs
 
 
-def _train_block(layer, fp_outs, q_inps, kwargs, settings: Settings, device, bar) -> tuple[dict[str, GroupQuant], float]:
-    """Learn the block's clipping (and band), fold; return its grids and last-epoch mean loss."""
+@dataclass
+class Folded:
+    """One block's result: the grid of each linear, and the other tensors LET rescaled."""
+
+    quants: dict[str, GroupQuant]
+    extra: dict[str, torch.Tensor]
+
+
+def _train_block(layer, fp_outs, q_inps, kwargs, settings: Settings, device, bar) -> tuple[Folded, float]:
+    """Learn the block's clipping (and band, and LET scales), fold; return it and the
+    last-epoch mean loss."""
     linears = quantized_linears(layer)
     layer.requires_grad_(False)
     lwcs = {n: LWC(m.out_features, m.in_features, settings.group_size).to(device) for n, m in linears.items()}
     bands = {n: SVDBand(m.weight, settings.n_diag) for n, m in linears.items()} if settings.uses_band else {}
+    let = BlockLET(layer) if settings.let else None
     groups = [{"params": [p for l in lwcs.values() for p in l.parameters()], "lr": settings.lwc_lr,
                "weight_decay": settings.weight_decay}]
     if bands:
         groups.append({"params": [b.band for b in bands.values()], "lr": settings.band_lr, "weight_decay": 0.0})
+    if let is not None:
+        groups.append({"params": list(let.parameters()), "lr": settings.let_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
     b, g = settings.bits, settings.group_size
+    gains = norm_gains(layer) if let is not None else {}
 
-    def weight(name):
-        return bands[name].weight() if bands else linears[name].weight
+    def block_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Float weights to quantize, and the other tensors that LET changes."""
+        weights = {n: bands[n].weight() if bands else m.weight for n, m in linears.items()}
+        return let.transform(weights, gains) if let is not None else (weights, {})
 
     loss_mean = float("nan")
     for _epoch in range(settings.epochs):
         total = 0.0
         for s in range(q_inps.shape[0]):
-            weights = {f"{n}.weight": fake_quant(weight(n), b, g, lwcs[n].up, lwcs[n].low) for n in linears}
-            with _autocast(device):
-                out = _block_forward(layer, q_inps[s : s + 1], kwargs, weights)
+            weights, extra = block_tensors()
+            params = {f"{n}.weight": fake_quant(weights[n], b, g, lwcs[n].up, lwcs[n].low) for n in linears}
+            params.update(extra)
+            with _autocast(settings):
+                out = _block_forward(layer, q_inps[s : s + 1], kwargs, params)
             loss = F.mse_loss(out.float(), fp_outs[s : s + 1])
             if not torch.isfinite(loss):
-                raise RuntimeError(f"loss became {loss.item()} in training; lower --lwc-lr/--band-lr")
+                raise RuntimeError(f"loss became {loss.item()} in training; lower --lwc-lr/--band-lr/--let-lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,20 +241,26 @@ def _train_block(layer, fp_outs, q_inps, kwargs, settings: Settings, device, bar
             bar.set_postfix(loss=f"{loss.item():.3e}")
         loss_mean = total / q_inps.shape[0]
     with torch.no_grad():
-        return {n: quantize(weight(n), b, g, lwcs[n].up, lwcs[n].low) for n in linears}, loss_mean
+        weights, extra = block_tensors()
+        quants = {n: quantize(weights[n], b, g, lwcs[n].up, lwcs[n].low) for n in linears}
+        return Folded(quants, {k: v.detach().clone() for k, v in extra.items()}), loss_mean
 
 
-def _set_folded(layer, quants: dict[str, GroupQuant]) -> None:
+def _set_folded(layer, folded: Folded) -> None:
+    """Make the block compute what ships: w_hat in every linear, LET's norm gains and biases."""
     linears = quantized_linears(layer)
+    params = dict(layer.named_parameters())
     with torch.no_grad():
-        for n, q in quants.items():
+        for n, q in folded.quants.items():
             linears[n].weight.copy_(q.w_hat.float())
+        for k, v in folded.extra.items():
+            params[k].copy_(v)
 
 
-def _save_block(work_dir: Path, i: int, quants: dict[str, GroupQuant], summary: dict) -> None:
-    tensors = {}
-    for n in sorted(quants):
-        q = quants[n]
+def _save_block(work_dir: Path, i: int, folded: Folded, summary: dict) -> None:
+    tensors = {f"extra.{k}": v.cpu().contiguous() for k, v in folded.extra.items()}
+    for n in sorted(folded.quants):
+        q = folded.quants[n]
         tensors[f"{n}.weight"] = q.w_hat.cpu().contiguous()
         tensors[f"{n}.scale"] = q.scale.cpu().contiguous()
         tensors[f"{n}.zero"] = q.zero.cpu().contiguous()
@@ -226,10 +270,11 @@ def _save_block(work_dir: Path, i: int, quants: dict[str, GroupQuant], summary: 
         tmp.write_text(json.dumps(summary))
 
 
-def _load_block(work_dir: Path, i: int, names) -> tuple[dict[str, GroupQuant], dict]:
+def _load_block(work_dir: Path, i: int, names) -> tuple[Folded, dict]:
     t = load_file(str(work_dir / f"block_{i:04d}.safetensors"))
     quants = {n: GroupQuant(w_hat=t[f"{n}.weight"], codes=None, scale=t[f"{n}.scale"], zero=t[f"{n}.zero"]) for n in names}
-    return quants, json.loads((work_dir / f"block_{i:04d}.json").read_text())
+    extra = {k[len("extra."):]: v for k, v in t.items() if k.startswith("extra.")}
+    return Folded(quants, extra), json.loads((work_dir / f"block_{i:04d}.json").read_text())
 
 
 def prepare_work_dir(work_dir: Path, identity: dict) -> int:
@@ -290,39 +335,39 @@ def calibrate(
         last = i == len(layers) - 1
         torch.manual_seed(settings.seed * 100_003 + i)
         if i < done:
-            block_q, summary = _load_block(Path(work_dir), i, names)
+            folded, summary = _load_block(Path(work_dir), i, names)
             if fp_inps is not None and not last:
-                fp_outs = _propagate(layer, fp_inps, kwargs, device)
-                _set_folded(layer, block_q)
-                q_inps = _propagate(layer, q_inps, kwargs, device)
+                fp_outs = _propagate(layer, fp_inps, kwargs, settings)
+                _set_folded(layer, folded)
+                q_inps = _propagate(layer, q_inps, kwargs, settings)
                 fp_inps = fp_outs
             else:
-                _set_folded(layer, block_q)
+                _set_folded(layer, folded)
         else:
             t0 = time.perf_counter()
             loss = None
             if settings.needs_data:
-                fp_outs = _propagate(layer, fp_inps, kwargs, device)
+                fp_outs = _propagate(layer, fp_inps, kwargs, settings)
                 total = settings.epochs * settings.nsamples
                 with tqdm(total=total, desc=f"block {i + 1}/{len(layers)}", leave=False, disable=not progress,
                           dynamic_ncols=True) as bar:
-                    block_q, loss = _train_block(layer, fp_outs, q_inps, kwargs, settings, device, bar)
-                _set_folded(layer, block_q)
+                    folded, loss = _train_block(layer, fp_outs, q_inps, kwargs, settings, device, bar)
+                _set_folded(layer, folded)
                 if not last:
-                    q_inps = _propagate(layer, q_inps, kwargs, device)
+                    q_inps = _propagate(layer, q_inps, kwargs, settings)
                 fp_inps = fp_outs
             else:
-                block_q = {n: quantize(m.weight, settings.bits, settings.group_size)
-                           for n, m in quantized_linears(layer).items()}
-                _set_folded(layer, block_q)
+                folded = Folded({n: quantize(m.weight, settings.bits, settings.group_size)
+                                 for n, m in quantized_linears(layer).items()}, {})
+                _set_folded(layer, folded)
             summary = {"index": i, "loss": loss, "seconds": round(time.perf_counter() - t0, 3)}
-            _save_block(Path(work_dir), i, block_q, summary)
+            _save_block(Path(work_dir), i, folded, summary)
             loss_txt = "-" if loss is None else f"{loss:.4e}"
             log(f"block {i + 1}/{len(layers)}: loss {loss_txt}, {summary['seconds']:.1f} s")
             if kill_after is not None and int(kill_after) == i:
                 raise RuntimeError(f"{KILL_AFTER_BLOCK_ENV}={i}: simulated kill after block {i}")
         layer.to("cpu")
         blocks.append(summary)
-        for n, q in block_q.items():
+        for n, q in folded.quants.items():
             quants[f"model.layers.{i}.{n}.weight"] = GroupQuant(q.w_hat.cpu(), None, q.scale.cpu(), q.zero.cpu())
     return Calibrated(quants=quants, blocks=blocks)

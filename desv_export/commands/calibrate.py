@@ -26,15 +26,19 @@ def work_dir_for(out: Path) -> Path:
 @click.option("--lwc-lr", type=float, default=1e-2, show_default=True, help="AdamW lr of the clipping logits.")
 @click.option("--lr", "--band-lr", "band_lr", type=float, default=1.5e-4, show_default=True, help="AdamW lr of the DESV/LSI band.")
 @click.option("--wd", "weight_decay", type=float, default=0.0, show_default=True, help="AdamW weight decay of the clipping logits (the band has none).")
+@click.option("--let", is_flag=True, help="Also learn LET scales (norm gains -> qkv/gate/up, v -> o, up -> down), folded into the checkpoint.")
+@click.option("--let-lr", type=float, default=5e-3, show_default=True, help="AdamW lr of the LET log-scales.")
 @click.option("--dataset", default="ptb", show_default=True, help="ptb, wikitext2 (train.txt in --data-dir) or a .txt/.jsonl path.")
 @click.option("--data-file", type=click.Path(path_type=Path), default=None, help="A .txt or .jsonl file to calibrate on (overrides --dataset).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Directory of wikitext2 split files.")
 @click.option("--seed", type=int, default=2, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu (float32) or cuda (mixed precision).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda (one block at a time on the device).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Block matmuls in float32 or bf16 autocast [default: bf16 on cuda, fp32 on cpu].")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def calibrate(model_dir, out, method, bits, group_size, nsamples, seqlen, epochs, n_diag, lwc_lr, band_lr,
-              weight_decay, dataset, data_file, data_dir, seed, device, force, quiet) -> None:
+              weight_decay, let, let_lr, dataset, data_file, data_dir, seed, device, precision, force, quiet) -> None:
     """Quantize MODEL_DIR block by block (RTN, LWC, LSI or DESV) into a calibrated checkpoint.
 
     Finished blocks are kept in OUT.partial; rerunning the same command after a kill resumes.
@@ -51,7 +55,7 @@ def calibrate(model_dir, out, method, bits, group_size, nsamples, seqlen, epochs
     source = str(data_file) if data_file is not None else dataset
     settings = Settings(method=method, bits=bits, group_size=group_size, n_diag=n_diag, nsamples=nsamples,
                         seqlen=seqlen, epochs=epochs, lwc_lr=lwc_lr, band_lr=band_lr, weight_decay=weight_decay,
-                        dataset=source, seed=seed, device=device)
+                        dataset=source, seed=seed, device=device, precision=precision, let=let, let_lr=let_lr)
     resolve_device(device)
     check_output(out, force)
     run_calibration(model_dir, out, config, settings, data_dir=data_dir, force=force, progress=not quiet)
@@ -94,5 +98,6 @@ def run_calibration(model_dir: Path, out: Path, config: dict, settings, data_dir
         write_checkpoint(tmp, model_dir, config, model, result.quants, settings.to_json(), result.blocks)
     shutil.rmtree(work, ignore_errors=True)
     total = sum(b["seconds"] for b in result.blocks)
-    log(f"wrote {out} ({settings.method} W{settings.bits}g{settings.group_size}, "
+    method = settings.method + ("+let" if settings.let else "")
+    log(f"wrote {out} ({method} W{settings.bits}g{settings.group_size}, "
         f"{len(result.quants)} linears, {total:.1f} s in blocks)")
