@@ -2,26 +2,39 @@
 
 At 512 prefill tokens a 7B projection does 2*512*4096*4096 = 17 GFLOP against 8 MiB of 4-bit
 weights, so prefill is compute-bound and the weights only need to be unpacked once per
-output tile, not once per output row. The schedule:
+output tile, not once per output row. Both schedules below tile the output [M, N] (M the token
+axis, static or symbolic, padded to the tile) and, per K slice, let the ``dequantize`` block
+itself fill a float16 shared-memory tile [BN, BK], each thread unpacking whole words (a word
+is read once per tile), with the x tile [BM, BK] staged in shared memory beside it.
 
-* tiles the output [M, N] into BM x BN blocks (M is the token axis, static or symbolic;
-  BM shrinks for small static M such as a batch of 16 decode rows);
-* per BK slice of K, the ``dequantize`` block itself runs as the fill of a float16
-  shared-memory tile [BN, BK] (BK = 4 words of codes: 32 for 4-bit, 40 for 3-bit, 64 for
-  2-bit), each thread unpacking whole words so a word is read once per tile; the x tile
-  [BM, BK] is staged the same way with vectorised loads;
-* every thread accumulates a 4 x 4 register tile from the two shared tiles.
+* ``schedule_dequant_gemm_tc`` (CUDA sm_80+, float16 operands): each warp loads 16x16
+  fragments of the two shared tiles and multiplies them on tensor cores with TVM's registered
+  wmma intrinsics (``wmma_load_16x16x16_f16_{a,b_trans}_shared_dyn``,
+  ``wmma_sync_16x16x16_f16f16f32_trans`` or ``..._f16f16f16_trans``, ``wmma_fill`` /
+  ``wmma_store``), accumulating in the dtype of the PrimFunc's reduction (float32 for our
+  model). The accumulators return through shared memory; the epilogue is folded into the
+  write-back.
+* ``schedule_dequant_gemm`` (every other CUDA target, and shapes the tensor-core path
+  declines): CUDA cores, each thread accumulating a 4 x 4 register tile.
 
-This is a well-tiled CUDA-core GEMM. Tensor cores (fp16 ``mma`` via TVM's wmma/mma intrinsics
-on sm_80+) are NOT used yet: that is the open part of this rule (see docs/schedules.md).
+Verified without a GPU only: the tensor-core schedule with its tensorize steps skipped runs
+exactly on the CPU, the tensorized kernels compile with nvcc for sm_80 and sm_90
+(tests/schedules/test_gemm_tensorcore.py). GPU speed is unmeasured.
 """
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+from dataclasses import dataclass
+
 from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
+from tvm.target import Target
 
-from .analysis import DequantMatmul, DequantMatmulRule, static_batch
+from .analysis import (DequantMatmul, DequantMatmulRule, is_cuda, match_dequant_matmul,
+                       sm_version, static_batch)
 
 
 def _next_pow2(x: int) -> int:
@@ -130,15 +143,340 @@ def _written_by(sch: s_tir.Schedule, block, buffer) -> bool:
     return any(w.source.same_as(buffer) for w in sch.get(block).writes)
 
 
-class DequantGEMM(DequantMatmulRule):
-    """Prefill / batch > 8 dequantize-matmul (static or symbolic token count)."""
 
-    def __init__(self, min_batch: int = 9):
+# ----------------------------------------------------------------------------- tensor cores
+
+WARP = 32
+WARPS = 4  # 128 threads a block; every tile below splits into 4 warps
+# The float16 operand tiles live in dynamic shared memory and the float32 accumulator tile in
+# static shared memory: in one scope, TVM 0.27 lets the accumulator reuse an operand tile's
+# memory once the K loop is done and then fails to lower the wmma store (LowerAccessPtr:
+# "tvm_access_ptr element type must match the source buffer", float16 vs float32).
+SHARED = "shared.dyn"
+ACC_SHARED = "shared"
+
+
+@dataclass(frozen=True)
+class TensorCoreTile:
+    """A BM x BN output tile computed by ``warps_m x warps_n`` warps, each holding
+    ``BM / 16 / warps_m`` x ``BN / 16 / warps_n`` 16x16 accumulator fragments; K advances
+    ``bk`` (a multiple of 16 and of the codes per word) at a time."""
+
+    bm: int
+    bn: int
+    bk: int
+    warps_m: int
+
+    @property
+    def warps_n(self) -> int:
+        return WARPS // self.warps_m
+
+    @property
+    def frags_m(self) -> int:
+        return self.bm // 16 // self.warps_m
+
+    @property
+    def frags_n(self) -> int:
+        return self.bn // 16 // self.warps_n
+
+
+def tensor_core_tile(info: DequantMatmul) -> TensorCoreTile:
+    """64 x 64 tiles (2 x 2 warps of 32 x 32) for prefill; 16 or 32 rows for a small static
+    batch so a batch of 16 does not compute 48 padded rows. BK holds whole words and whole
+    16-wide mma steps: 64 codes (8 words of 4-bit, 4 of 2-bit), 80 for 3-bit (8 words)."""
+    batch = static_batch(info)
+    bk = 80 if info.epw == 10 else 64
+    if batch is not None and batch <= 16:
+        return TensorCoreTile(bm=16, bn=64, bk=bk, warps_m=1)
+    if batch is not None and batch <= 32:
+        return TensorCoreTile(bm=32, bn=64, bk=bk, warps_m=2)
+    return TensorCoreTile(bm=64, bn=64, bk=bk, warps_m=2)
+
+
+def has_tensor_cores(target: Target) -> bool:
+    """fp16 ``mma`` with float32 accumulation: sm_80 and later (sm_80/86/89/90)."""
+    return is_cuda(target) and sm_version(target) >= 80
+
+
+@functools.cache
+def tensorize_works() -> bool:
+    """Whether ``Schedule.tensorize`` can run in this process's TVM build.
+
+    ``tensorize`` deep-copies the intrinsic's implementation through TVM's JSON serializer.
+    With apache-tvm 0.27.0.post1 and apache-tvm-ffi 0.1.15.post2, serialising *any* IR node
+    (even ``tvm.ir.save_json(tirx.const(1))``) segfaults in ``tvm::ffi::ToJSONGraph``; with
+    apache-tvm-ffi 0.1.14.post1 it works. A segfault cannot be caught, so this probes once in
+    a child process (about 4 s) and the rule keeps its CUDA-core path where it would crash.
+    """
+    probe = "import tvm; tvm.ir.save_json(tvm.tirx.const(1, 'int32'))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+def _row_axis(sch: s_tir.Schedule, block) -> int | None:
+    """Index of the one token / batch axis among the spatial iters before n, or None when
+    more than one of them is not 1 (never emitted by the compiler: x is [1, s, K] or
+    [b, 1, K])."""
+    spatial = [iv for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    if len(spatial) != 3:
+        return None
+    rows = [i for i in (0, 1) if not _is_one(spatial[i].dom.extent)]
+    if len(rows) > 1:
+        return None
+    return rows[0] if rows else 1
+
+
+def _is_one(extent) -> bool:
+    return isinstance(extent, IntImm) and int(extent.value) == 1
+
+
+def _wmma_group(out_dtype: str) -> dict[str, str]:
+    """TVM's registered wmma intrinsics: A [16, 16] and B^T [16, 16] loaded from shared
+    memory, the accumulator stored back to shared. Imported here: the module registers every
+    CUDA intrinsic on import (~25-50 s), which only tensor-core builds should pay."""
+    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group  # pylint: disable=import-outside-toplevel
+
+    return get_wmma_intrin_group(load_scope=SHARED, store_scope=ACC_SHARED,
+                                 in_dtype="float16", out_dtype=out_dtype, trans_b=True)
+
+
+def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: TensorCoreTile,
+                             tensorize: bool = True) -> s_tir.Schedule | None:
+    """Tensor-core GEMM: the dequantize block fills a float16 shared tile, wmma does the math.
+
+    Per block a ``tile.bm x tile.bn`` output tile; per ``tile.bk`` slice of K:
+
+    * x [BM, BK] is staged in shared memory (8-wide vector loop; TVM emits it as scalar loads
+      when a padding predicate guards it), rows padded by 8 halves;
+    * the ``dequantize`` block itself fills the weight tile [BN, BK] in shared memory, each
+      thread unpacking whole words (a word is read once per tile), as the CUDA-core path does;
+    * each warp loads 16x16 fragments of both tiles (``wmma.load_matrix_sync``; the weight
+      tile is [n, k], i.e. B transposed) and issues ``wmma.mma_sync`` 16x16x16 into its
+      accumulator fragments.
+
+    The accumulators go back through a shared tile, from which the warp writes the output with
+    the un-pad copy, cast and residual add folded in. Accumulation is in the dtype of the
+    PrimFunc's reduction: float32 for our model's kernels (``matmul`` is float32(x) *
+    float32(w), as MLC accumulates fp16 GEMMs where it can, since a float16 running sum of
+    thousands of terms rounds at every step), float16 for an MLC-style ``NT_matmul``; ``tensorize`` only accepts the
+    intrinsic whose description computes exactly the block's expression, so it cannot be
+    changed silently.
+
+    A symbolic (or ragged static) row count is padded to BM and a K that is not a multiple of
+    BK is padded to it (``pad_einsum``; pad codes are 0, never read from the packed words):
+    wmma needs whole 16 x 16 x 16 steps and blocks without predicates.
+
+    ``tensorize=False`` returns the same schedule with only the five ``tensorize`` steps left
+    out (fill, load_a, load_b, mma, store): identical tiling, shared tiles, dequantize fill,
+    padding, fragment-shaped buffers and epilogue, written as plain loops, which
+    ``cpu_check.build_cpu`` can run on the CPU. ``sch.tensorize`` verifies that the loops it
+    replaces compute exactly the intrinsic's description (a 16x16 copy, a 16x16x16
+    multiply-accumulate in the block's dtype); a pre-tensorize schedule that equals the
+    reference plus a tensorize that succeeds is therefore the argument that the tensor-core
+    kernel computes the same thing. What it cannot show is the hardware side (fragment
+    layouts, alignment, barriers, speed).
+    """
+    sch = s_tir.Schedule(func)
+    mm = _reduction_block(sch)
+    producers = sch.get_producers(mm)
+    if len(producers) != 1 or not _reads_words(sch, producers[0]):
+        return None
+    row = _row_axis(sch, mm)
+    out = sch.get(mm).writes[0].source
+    out_dtype = out.dtype
+    operands = {r.source.dtype for r in sch.get(mm).reads if not r.source.same_as(out)}
+    if row is None or operands != {"float16"} or out_dtype not in ("float16", "float32"):
+        return None  # x or the dequantized weight in float32 (the llvm form): no fp16 mma
+    group = _wmma_group(out_dtype) if tensorize else None
+
+    # Whole tiles: pad the row axis to BM (symbolic or ragged) and K to BK.
+    iters = sch.get(mm).iter_vars
+    pads = [1] * len(iters)
+    row_extent = iters[row].dom.extent
+    if not isinstance(row_extent, IntImm) or int(row_extent.value) % tile.bm:
+        pads[row] = tile.bm
+    if info.k % tile.bk:
+        if pads[row] != 1 and not isinstance(row_extent, IntImm):
+            # Padding K as well under a symbolic row count: TVM 0.27's CompactBufferAllocation
+            # fails on the x fill ("mismatched types. int32 vs. int64" building an LE), so
+            # such shapes (every 3-bit prefill: K = 4096 is not a multiple of 80) keep the
+            # CUDA-core path.
+            return None
+        pads[-1] = tile.bk
+    if any(p != 1 for p in pads):
+        sch.pad_einsum(mm, pads)
+        mm = _reduction_block(sch)
+    deq = _inline_into_weight_pad(sch, mm)
+
+    # Shared tiles and fragments in a [1, rows, *] layout (the unit axis first), so every
+    # 16x16 fragment is a 2-D slice of a buffer whose leading axes have extent 1, the form
+    # tensorize matches. They are made from the matmul's own iterators (reindex_cache_*),
+    # which also keeps their index dtypes consistent when the row count is an int64 variable.
+    def x_layout(b, s, n, k):  # pylint: disable=unused-argument
+        return (b, s, k) if row == 1 else (s, b, k)
+
+    def out_layout(b, s, n, k):  # pylint: disable=unused-argument
+        return (b, s, n) if row == 1 else (s, b, n)
+
+    x_idx = next(i for i, r in enumerate(sch.get(mm).reads)
+                 if r.source.dtype == "float16" and not _written_by(sch, deq, r.source))
+    x_shared = sch.reindex_cache_read(mm, x_idx, SHARED, x_layout)
+    for producer in sch.get_producers(x_shared):  # the pad block of the row / K axis
+        sch.compute_inline(producer)
+    a_frag = sch.reindex_cache_read(mm, _read_index(sch, mm, x_shared), "wmma.matrix_a",
+                                    x_layout)
+    b_frag = sch.cache_read(mm, _read_index(sch, mm, deq), "wmma.matrix_b")
+    out_shared = sch.reindex_cache_write(mm, 0, ACC_SHARED, out_layout)
+    acc = sch.reindex_cache_write(mm, 0, "wmma.accumulator", out_layout)
+
+    loops = sch.get_loops(mm)
+    unit_loop, row_loop = (loops[0], loops[1]) if row == 1 else (loops[1], loops[0])
+    n_loop, k_loop = loops[2], loops[3]
+    mo, wm, fm, m16 = sch.split(row_loop, [None, tile.warps_m, tile.frags_m, 16])
+    no, wn, fn, n16 = sch.split(n_loop, [None, tile.warps_n, tile.frags_n, 16])
+    ko, kf, k16 = sch.split(k_loop, [None, tile.bk // 16, 16])
+    sch.reorder(unit_loop, mo, no, wm, wn, ko, kf, fm, fn, m16, n16, k16)
+    sch.bind(mo, "blockIdx.y")
+    sch.bind(no, "blockIdx.x")
+    # Warps on threadIdx.z / .y (lanes are threadIdx.x): fusing the row loop (int64 when the
+    # row count is symbolic) with the int32 n loop would put a cast into the bindings, which
+    # blockize cannot split.
+    sch.bind(wm, "threadIdx.z")
+    sch.bind(wn, "threadIdx.y")
+    inner = mm
+    outer = sch.blockize(m16)  # the 16x16x16 step the mma intrinsic replaces
+
+    sch.compute_at(a_frag, kf)  # fragments first: the shared fills must precede their readers
+    sch.compute_at(b_frag, kf)
+    _fill_x_tile(sch, x_shared, ko, tile, info)
+    _fill_weight_tile(sch, deq, ko, tile, info)
+    sch.reverse_compute_at(acc, wn)
+    sch.reverse_compute_at(out_shared, wn)
+    # Accumulator tile rows BN + 4 floats apart (a multiple of 16 bytes, as wmma's store needs).
+    sch.storage_align(acc, 0, axis=-2, factor=16, offset=4)
+    _fold_epilogue(sch, out_shared)
+    init = sch.decompose_reduction(outer, ko)
+
+    steps = [(_split_16x16(sch, a_frag), "load_a"), (_split_16x16(sch, b_frag), "load_b"),
+             (_split_16x16(sch, acc), "store"),
+             (sch.get_loops(sch.get_child_blocks(init)[0])[-2], "init"),
+             (sch.get_loops(inner)[-3], "compute")]
+    if group is not None:
+        for loop, step in steps:
+            sch.tensorize(loop, group[step])
+    return sch
+
+
+def _reads_words(sch: s_tir.Schedule, block) -> bool:
+    return any(r.source.dtype == "uint32" for r in sch.get(block).reads)
+
+
+def _inline_into_weight_pad(sch: s_tir.Schedule, mm):
+    """The block producing the matmul's weight operand, with the dequantize in it: the
+    dequantize itself, or (K padded) its pad block with the dequantize inlined."""
+    producers = sch.get_producers(mm)
+    for producer in producers:
+        if not _reads_words(sch, producer):
+            for inner in sch.get_producers(producer):
+                if _reads_words(sch, inner):
+                    sch.compute_inline(inner)
+    return next(p for p in sch.get_producers(mm) if _reads_words(sch, p))
+
+
+def _read_index(sch: s_tir.Schedule, block, producer) -> int:
+    written = sch.get(producer).writes[0].source
+    return next(i for i, r in enumerate(sch.get(block).reads) if r.source.same_as(written))
+
+
+def _fill_x_tile(sch: s_tir.Schedule, x_shared, ko, tile: TensorCoreTile,
+                 info: DequantMatmul) -> None:
+    """x [BM, BK] -> shared with 16-byte loads where K keeps rows 16-byte aligned."""
+    sch.compute_at(x_shared, ko, preserve_unit_loops=True)
+    fused = sch.fuse(*sch.get_loops(x_shared)[-3:])
+    vec = next(v for v in (8, 4, 2, 1) if info.k % v == 0)
+    _, tz, ty, tx, v = sch.split(fused, [None, tile.warps_m, tile.warps_n, WARP, vec])
+    _bind_threads(sch, tz, ty, tx)
+    sch.vectorize(v)
+    # Row stride BK + 8 halves: a multiple of 16 bytes (wmma's ldm rule) that spreads the
+    # rows of a fragment load over the banks (BK halves alone is a multiple of 128 bytes).
+    sch.storage_align(x_shared, 0, axis=-2, factor=16, offset=8)
+
+
+def _fill_weight_tile(sch: s_tir.Schedule, deq, ko, tile: TensorCoreTile,
+                      info: DequantMatmul) -> None:
+    """The dequantize block fills the [BN, BK] float16 shared tile, one word per thread step."""
+    sch.set_scope(deq, 0, SHARED)  # before compute_at: shared regions span the block's threads
+    sch.compute_at(deq, ko, preserve_unit_loops=True)
+    dn, dk = sch.get_loops(deq)[-2:]
+    dk_word, dk_code = sch.split(dk, [None, info.epw])
+    fused = sch.fuse(dn, dk_word)
+    _, tz, ty, tx = sch.split(fused, [None, tile.warps_m, tile.warps_n, WARP])
+    _bind_threads(sch, tz, ty, tx)
+    sch.unroll(dk_code)
+    sch.storage_align(deq, 0, axis=-2, factor=16, offset=8)
+
+
+def _bind_threads(sch: s_tir.Schedule, tz, ty, tx) -> None:
+    sch.bind(tz, "threadIdx.z")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+
+
+def _fold_epilogue(sch: s_tir.Schedule, out_shared) -> None:
+    """The un-pad copy, cast and residual add read the accumulator tile from shared memory and
+    write the output; lanes walk n so a warp's writes are contiguous."""
+    consumers = sch.get_consumers(out_shared)
+    while consumers:
+        nxt = sch.get_consumers(consumers[0])
+        sch.reverse_compute_inline(consumers[0])
+        consumers = nxt
+    fused = sch.fuse(*sch.get_loops(out_shared)[-2:])
+    _, tx = sch.split(fused, [None, WARP])
+    sch.bind(tx, "threadIdx.x")
+
+
+def _split_16x16(sch: s_tir.Schedule, block):
+    """Split a fragment copy's two inner loops into 16x16 steps; the loop a wmma load / store
+    replaces."""
+    i, j = sch.get_loops(block)[-2:]
+    i0, i1 = sch.split(i, [None, 16])
+    j0, j1 = sch.split(j, [None, 16])
+    sch.reorder(i0, j0, i1, j1)
+    return i1
+
+
+class DequantGEMM(DequantMatmulRule):
+    """Prefill / batch > 8 dequantize-matmul (static or symbolic token count).
+
+    On CUDA targets with tensor cores (sm_80+) and float16 operands it returns the wmma
+    schedule (``schedule_dequant_gemm_tc``); otherwise (older GPUs, a float32 activation, an
+    x with more than one non-unit row axis, or a TVM build whose ``tensorize`` crashes, see
+    ``tensorize_works``) the CUDA-core tiled GEMM (``schedule_dequant_gemm``).
+    ``tensor_cores=False`` forces the CUDA-core path (benchmarks compare the two).
+    """
+
+    def __init__(self, min_batch: int = 9, tensor_cores: bool = True):
         self.min_batch = min_batch
+        self.tensor_cores = tensor_cores
 
     def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
         # N tiles are whole (true of every LLaMA projection); otherwise dlight takes it.
         return (batch is None or batch >= self.min_batch) and info.n % 64 == 0
 
+    def apply(self, func: tirx.PrimFunc, target: Target,
+              tunable: bool = False) -> s_tir.Schedule | None:
+        del tunable
+        if not is_cuda(target):
+            return None
+        info = match_dequant_matmul(func)
+        if info is None or not self.accepts(static_batch(info), info):
+            return None
+        if self.tensor_cores and has_tensor_cores(target) and tensorize_works():
+            sch = schedule_dequant_gemm_tc(func, info, tensor_core_tile(info))
+            if sch is not None:
+                return sch
+        return self.schedule(func, info)
+
     def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
+        """The CUDA-core path (every CUDA target)."""
         return schedule_dequant_gemm(func, info)

@@ -12,6 +12,7 @@ from desv_export.modes import MODES
 from tests.schedules.conftest import CUDA_ARCHS, cuda_target
 from tvm_schedules import cuda_rules
 from tvm_schedules.cpu_check import cuda_source, nvcc_compile
+from tvm_schedules.gemm import tensorize_works
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
@@ -25,7 +26,8 @@ def _kernels(modes, arch):
         builds = [
             dequant_matmul(mode, 128, 640),
             dequant_matmul(mode, 128, 640, batch=4),
-            dequant_matmul(mode, 128, 600, seq=tirx.Var("seq_len", "int64"), epilogue="add"),
+            dequant_matmul(mode, 128, 600, seq=tirx.Var("seq_len", "int64"), epilogue="add"),  # CUDA cores
+            dequant_matmul(mode, 128, 640, seq=tirx.Var("seq_len", "int64"), epilogue="add"),  # sm_80+: wmma
             dequant_take(mode, 64, 640, seq=tirx.Var("seq_len", "int64")),
         ]
         for j, func in enumerate(builds):
@@ -40,7 +42,7 @@ def test_representative_kernels_compile(arch, tmp_path):
     modes = ["q4f16_1", "q3f16_g128asym", "q2f16_g32asym"]
     mod, target = _kernels(modes, arch)
     src = cuda_source(mod, target)
-    assert src.count("__global__ void") >= 4 * len(modes)
+    assert src.count("__global__ void") >= 5 * len(modes)
     cubin = nvcc_compile(src, arch, tmp_path / f"{arch}.cubin")
     assert cubin.stat().st_size > 0
 
@@ -50,7 +52,10 @@ def test_representative_kernels_compile(arch, tmp_path):
 def test_every_mode_compiles(arch, tmp_path):
     modes = [m for m in MODES if MODES[m].quantized]
     mod, target = _kernels(modes, arch)
-    assert nvcc_compile(cuda_source(mod, target), arch, tmp_path / "all.cubin").stat().st_size
+    src = cuda_source(mod, target)
+    if tensorize_works():  # one tensor-core GEMM per mode (see test_gemm_tensorcore.py)
+        assert src.count("wmma::mma_sync") >= len(modes)
+    assert nvcc_compile(src, arch, tmp_path / "all.cubin").stat().st_size
 
 
 def test_nvcc_errors_are_reported(tmp_path):
