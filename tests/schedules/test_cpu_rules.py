@@ -2,7 +2,9 @@
 
 The data of ``conftest.exact_case`` make every float32 partial sum exact, so the GEMV's lane
 partial sums, the GEMM's tiles and padding, and the embedding gather must all equal the numpy
-reference (``desv_export.pack.dequantize``) bit for bit, for every export mode.
+reference (``desv_export.pack.dequantize``) bit for bit, for every export mode. The GEMV is
+checked in both its forms: the AVX-512 table-lookup kernel (this host, when it has AVX-512)
+and the schedule every other CPU gets (an AVX2 target, which this host also runs).
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ from desv_export.modes import MODES
 from desv_export.pack import dequantize
 from tests.schedules.conftest import cuda_target, exact_case, first_rule
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
+from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
+from tvm_schedules.cpu.match import match_matmul
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
 QUANT_MODES = [m for m in MODES if MODES[m].quantized]
 LLVM = host_cpu_target()
+HAS_AVX512 = tvm.target.codegen.target_has_features("avx512f", LLVM)
+# The same CPU without AVX-512: the GEMV's schedule form (x86 hosts run AVX2 code).
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "mtriple": str(LLVM.attrs["mtriple"])})
 
 # (id, batch, symbolic seq?, run-time rows, n, k, epilogue, expected rule)
 CASES = [
     ("decode", 1, False, 1, 96, 640, None, CPUVectorGEMV),
     ("decode_add", 1, False, 1, 64, 600, "add", CPUVectorGEMV),  # K tail, residual epilogue
+    # Parallel tasks with a partial last one, 3 rows past the last tile, K with whole blocks
+    # of groups and a tail chunk (3-bit: short of words).
+    ("decode_ragged", 1, False, 1, 203, 1000, "add", CPUVectorGEMV),
     ("prefill", 1, True, 37, 80, 600, "add", CPUTiledGEMM),  # rows padded to 40; N tail
     ("static16", 16, False, 1, 64, 256, None, CPUTiledGEMM),  # rows a multiple of the tile
 ]
@@ -36,6 +46,11 @@ def _schedule(func):
     return first_rule(cpu_rules(), func, LLVM)
 
 
+def _uses_lut(mod) -> bool:
+    script = mod["main"].script()
+    return PERMUTE in script or PERMUTE2 in script
+
+
 def _weights(t):
     return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
 
@@ -43,13 +58,25 @@ def _weights(t):
 @pytest.mark.parametrize("mode", QUANT_MODES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_cpu_matmul_is_exact(mode, case):
+    _check_exact(mode, case, LLVM)
+
+
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q3f16_g128asym", "q2f16_g64asym"])
+@pytest.mark.parametrize("case", CASES[:3], ids=[c[0] for c in CASES[:3]])
+def test_cpu_gemv_without_avx512_is_exact(mode, case):
+    _check_exact(mode, case, AVX2)
+
+
+def _check_exact(mode, case, target):
     _, batch, symbolic, rows, n, k, epilogue, rule = case
     seq = tirx.Var("seq_len", "int64") if symbolic else 1
     func = dequant_matmul(mode, n, k, batch=batch, seq=seq, epilogue=epilogue,
                           x_dtype="float32", out_dtype="float32")
-    name, mod = _schedule(func)
+    name, mod = first_rule(cpu_rules(), func, target)
     assert name == rule.__name__
-    lib = tvm.compile(mod, target=LLVM)
+    if rule is CPUVectorGEMV:  # the table-lookup kernel exactly where AVX-512 is
+        assert _uses_lut(mod) == (target is LLVM and HAS_AVX512)
+    lib = tvm.compile(mod, target=target)
     m = batch * rows
     t, x16 = exact_case(mode, n, k, m)
     x = x16.astype(np.float32)
@@ -139,6 +166,38 @@ def _unrounded(mode, t, k):
     zero = (unpack_codes(t["q_zero"], m.bits, groups)[:, g].astype(np.float32) if "q_zero" in t
             else np.float32(m.max_int))
     return (codes - zero) * t["q_scale"].astype(np.float32)[:, g]
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_gemv_lut_matches_every_mode(mode):
+    """The table-lookup kernel recognises every export mode's dequantize (K = 576: SmolLM2)."""
+    info = match_matmul(dequant_matmul(mode, 64, 576, x_dtype="float32", out_dtype="float32"))
+    lut = LutGEMV.match(info)
+    assert lut is not None
+    assert (lut.bits, lut.group, lut.q_zero is None) == (
+        MODES[mode].bits, MODES[mode].group_size, MODES[mode].symmetric)
+
+
+def test_gemv_lut_declines_another_dequantize():
+    """A dequantize that is not the model's formula (here without the float16 rounding) keeps
+    the schedule form, which computes whatever the function says."""
+    from tvm_schedules.workloads import weight_placeholders
+
+    n, k = 64, 256
+    q_weight, q_scale = weight_placeholders(MODES["q4f16_1"], n, k)
+    x = te.placeholder((1, 1, k), "float32", name="x")
+    codes = te.compute((n, k), lambda i, j: ((q_weight[i, j // 8] >> (j % 8 * 4).astype("uint32"))
+                                             & tirx.const(15, "uint32")).astype("float32"),
+                       name="unpack")
+    w = te.compute((n, k), lambda i, j: (codes[i, j] - 7.0) * q_scale[i, j // 32].astype("float32"),
+                   name="dequantize")
+    r = te.reduce_axis((0, k), name="k")
+    out = te.compute((1, 1, n), lambda b, s, j: te.sum(x[b, s, r] * w[j, r], axis=r), name="matmul")
+    func = te.create_prim_func([x, q_weight, q_scale, out])
+    info = match_matmul(func)
+    assert info is not None and info.epw == 8
+    assert LutGEMV.match(info) is None
+    assert not _uses_lut(CPUVectorGEMV().apply(func, LLVM, False).mod)
 
 
 @pytest.mark.parametrize("mode,expect", [("q3f16_g128asym", True), ("q3f16_g32asym", True),

@@ -1,26 +1,399 @@
-"""Decode GEMV on the CPU: dequantize in vector registers, fused with the dot product.
+"""Decode GEMV on the CPU: a table-lookup dequantize, fused with the dot product.
 
-At one token row the weight is used once, so nothing is gained by materialising it: each
-output row streams its packed words, unpacks ``LANES`` codes at a time with a vector of shifts
-(one uint32 word broadcast to 8 or 16 lanes for 4- and 2-bit, 10 lanes for 3-bit's 10 codes a
-word, so a vector never straddles two words), applies the group's scale and zero and
-accumulates into a ``LANES``-wide float32 partial sum (``rfactor``). The lanes are summed once
-per output. ``ROWS`` outputs are interleaved to keep independent FMA chains in flight, and the
-output rows are split across cores.
+At one token row every packed weight is used once, so the cost is the instructions spent per
+code. Dequantizing by arithmetic (shift, mask, int->float, subtract the zero, multiply by the
+scale, round through float16, FMA: ~13 instructions per 16 codes, and 3-bit groups needing
+per-lane scales) kept the old kernel at 2-8 GB/s of packed weights, compute-bound. On AVX-512
+(``LutGEMV``) the kernel instead builds, per output row and quantization group, the group's
+whole dequantize table in one register, ``table[j] = float16((j - zero) * scale)`` for the
+2^bits codes j (16 float32 lanes at 4 bits; at 3 and 2 bits a register holds the tables of
+2 or 4 groups). A 16-code vector then costs a broadcast load of its words (load port), one
+shift by a constant vector, one ``vpermps`` (the table entry of every lane's code; it reads
+the low 4 bits of the index, so no mask while the vector is in one group) and one FMA. The
+table is computed with the expressions of ``desv_export/model/dequantize.py`` (float16
+rounding included), so results equal the unscheduled function's up to float32 summation
+order; ``LutGEMV.match`` checks those expressions and declines anything else.
 
-Measured on 2 Zen 4 cores (SmolLM2 lm_head, 49152 x 576, q4f16_1): 4.0 ms per call against
-28.7 ms with the dequantize inlined into a scalar loop. Partial sums change the summation
-order: results agree with the unscheduled function to float32 rounding (~1e-6 relative).
+Layout: a vector's lanes run over the words of a chunk (lane l: word l % WORDS, one code of
+it), so a chunk is one broadcast load and every chunk has the same shifts; x is permuted
+into that lane order once per call and zero-padded past K, which also silences the padding
+codes. 3-bit: 8 words (80 codes) per chunk, 5 vectors; a chunk spans at most 2 groups of
+40/64/128 (one table register, the group in index bit 3) or 3 of 32 (two registers,
+``vpermt2ps``). The scale is broadcast straight from its float16 in memory (``vpbroadcastw`` +
+``vcvtph2ps``), measured 2x faster on q4f16_1 than a scalar load, convert and broadcast, which
+had made the table build the bottleneck. ``ROWS`` rows share each x vector, ``TILES`` row
+tiles share one accumulator allocation (TVM allocates a local buffer in a parallel loop with a
+workspace call; one per 4-row tile measured 0-30 % slower), tasks of rows run across cores.
+
+Measured on 2 shared Zen 5 cores (AMD EPYC, AVX-512), 2026-11-23,
+``TVM_NUM_THREADS=2 python benchmarks/cpu_kernels.py --baseline <old gemv.py>``: the old rule
+and this one interleaved call by call, weights rotated past the L3; other jobs kept the load
+average at 3.0-3.6 (benchmarks/results/cpu_kernels_amd_epyc_znver5.md). Min ms per call:
+
+    SmolLM2 linear            q4f16_1         q3f16_1         q3f16_g128asym  q2f16_g128asym
+    gate_up 3072x576          0.241 -> 0.076  0.560 -> 0.083  0.708 -> 0.084  0.232 -> 0.063
+    lm_head 49152x576         3.82 -> 1.30    4.66 -> 0.67    11.6 -> 1.38    1.93 -> 0.53
+    GEMVs of a decode step    15.6 -> 5.1     38.5 -> 5.7     51.4 -> 6.0     15.8 -> 4.3
+
+2.2-10x per kernel (every mode and linear). 3-bit, 2.5-3x slower than 4-bit before, is now
+within 10-20 % of it per step (faster on lm_head, where memory decides; its 5-vector chunks
+need a table per chunk); 2-bit is the fastest. An earlier run of the same kernels on a
+quieter machine: q4f16_1's step 10.4 -> 3.4 ms, lm_head 1.84 -> 0.62 ms (23 GB/s, about what
+the two cores read). A model's decode step, old and new library alternating in one process
+(machine shared, median): q4f16_1 33.3 -> 21.1 ms, q3f16_g128asym 87.5 -> 23.9 ms,
+q2f16_g128asym 32.1 -> 17.0 ms.
+
+Other targets (no AVX-512) and any dequantize of another form keep the schedule below
+(``_schedule``): dequantize inline, 16-lane ``rfactor`` partial sums, ``ROWS`` rows
+interleaved, rows across cores, 3-bit groups that straddle words unpacked in a phase of their
+own.
 """
 
 from __future__ import annotations
 
-from tvm import s_tir
+import math
+from dataclasses import dataclass
 
-from .match import CPUMatmul, CPUMatmulRule
+from tvm import s_tir, tirx
+from tvm.sym import Analyzer
+from tvm.ir import prim
+from tvm.ir.expr import Var
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+from tvm.target import Target, codegen
 
-ROWS = 4  # output rows interleaved per core step
+from .match import CPUMatmul, CPUMatmulRule, is_llvm, match_matmul
+
+ROWS = 4  # output rows sharing each x vector
 LANES = 16  # float32 lanes of one AVX-512 register
+TILES = 8  # row tiles per parallel task: one accumulator allocation per task, not per tile
+WORDS = {8: 2, 10: 8, 16: 1}  # codes per word -> words per chunk (one broadcast load)
+PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps: table[index & 15]
+PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermt2ps: two tables, index & 31
+
+
+class CPUVectorGEMV(CPUMatmulRule):
+    """Matmuls with one static token row (the decode step and the last-token lm_head)."""
+
+    def __init__(self, max_rows: int = 1) -> None:
+        self.max_rows = max_rows
+
+    def accepts(self, static_rows: int | None) -> bool:
+        return static_rows is not None and static_rows <= self.max_rows
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        """The table-lookup kernel where the target has AVX-512 and the dequantize is the
+        model's; the schedule form otherwise (the base class's ``apply`` has no target)."""
+        if not is_llvm(target):
+            return None
+        info = match_matmul(func)
+        if info is None or not self.accepts(info.static_rows):
+            return None
+        if codegen.target_has_features("avx512f", target):
+            lut = LutGEMV.match(info)
+            if lut is not None:
+                return lut.schedule(info)
+        return self.schedule(info)
+
+    def schedule(self, info: CPUMatmul) -> s_tir.Schedule:
+        return _schedule(info)
+
+
+# ----------------------------------------------------------------------------- LUT kernel
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Lane geometry: a vector's lane ``l`` holds code ``v * per + l // words`` of word
+    ``l % words`` of the chunk, so every vector of a chunk comes from one broadcast load."""
+
+    epw: int  # codes per word
+    words: int  # words per chunk
+
+    @property
+    def per(self) -> int:
+        """Codes of one word in one vector."""
+        return LANES // self.words
+
+    @property
+    def vectors(self) -> int:
+        return self.epw // self.per
+
+    @property
+    def codes(self) -> int:
+        return self.words * self.epw
+
+    def code(self, v: int, lane: int) -> int:
+        """Code (offset in the chunk) that lane ``lane`` of vector ``v`` multiplies."""
+        return (lane % self.words) * self.epw + v * self.per + lane // self.words
+
+
+def _u32(v: int) -> tirx.PrimExpr:
+    return tirx.const(v, "uint32")
+
+
+def _const_vector(values: list, dtype: str) -> tirx.PrimExpr:
+    return tirx.Shuffle([tirx.const(v, dtype) for v in values], list(range(len(values))))
+
+
+def _splat(buf: Var, indices: list) -> tirx.PrimExpr:
+    """``buf[indices]`` in all lanes as a stride-0 vector load (a broadcast load; LLVM turns a
+    scalar load + broadcast of a float16 into three ops, this into one)."""
+    return buf[(*indices[:-1], tirx.Ramp(indices[-1], 0, LANES))]
+
+
+@dataclass(frozen=True)
+class LutGEMV:
+    """A decode matmul whose weight is ``float16((code - zero) * scale)`` as
+    ``desv_export/model/dequantize.py`` writes it; the buffers and facts the kernel needs."""
+
+    x: Var
+    q_weight: Var
+    q_scale: Var
+    q_zero: Var | None  # asym: packed zero codes; sym: None, the zero is ``zero_const``
+    zero_const: float
+    out: Var  # the reduction's output [1..., n]
+    n: int
+    k: int
+    bits: int
+    group: int
+
+    @property
+    def epw(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def groups(self) -> int:
+        return math.ceil(self.k / self.group)
+
+    @property
+    def words(self) -> int:
+        return int(self.q_weight.ty.shape[1])
+
+    @property
+    def chunk(self) -> Chunk:
+        return Chunk(self.epw, WORDS[self.epw])
+
+    @staticmethod
+    def match(info: CPUMatmul) -> LutGEMV | None:
+        """The facts, if the unpack, dequantize and reduction are exactly the expected
+        expressions (compared after simplification with expressions rebuilt here); else None,
+        and the rule keeps the schedule form, which computes whatever the function says."""
+        if info.unpack is None or info.epw not in WORDS or info.group is None:
+            return None
+        sch = info.sch
+        unpack, weight, block = sch.get(info.unpack), sch.get(info.weight), sch.get(info.block)
+        q_weight, codes = unpack.reads[0].source, unpack.writes[0].source
+        w = weight.writes[0].source
+        side = [r.source for r in weight.reads if not r.source.same_as(codes)]
+        q_scale = next((b for b in side if b.dtype == "float16"), None)
+        q_zero = next((b for b in side if b.dtype == "uint32"), None)
+        x = next((r.source for r in block.reads if not r.source.same_as(w)), None)
+        out = block.writes[0].source
+        if q_scale is None or x is None or x.dtype != "float32" or out.dtype != "float32":
+            return None
+        bits = 32 // info.epw
+        lut = LutGEMV(x=x, q_weight=q_weight, q_scale=q_scale, q_zero=q_zero,
+                      zero_const=float(2 ** (bits - 1) - 1), out=out, n=info.n, k=info.k,
+                      bits=bits, group=info.group)
+        if lut.groups_per_chunk() > 2 * (LANES >> bits):
+            return None  # more tables than the two registers vpermt2ps reads
+        i, j = (iv.var for iv in unpack.iter_vars)
+        wi, wj = (iv.var for iv in weight.iter_vars)
+        *rows, n, k = (iv.var for iv in block.iter_vars)
+        expected = (
+            (unpack.body.value, lut._code(q_weight, i, j, info.epw).astype("float32")),
+            (weight.body.value, lut._dequantize(codes[wi, wj], wi, wj)),
+            (block.body.value, out[(*rows, n)] + x[(*rows, k)] * w[n, k]),
+        )
+        ana = Analyzer()
+        if all(prim.expr_deep_equal(ana.simplify(a), ana.simplify(b)) for a, b in expected):
+            return lut
+        return None
+
+    def groups_per_chunk(self) -> int:
+        """Most quantization groups that one chunk's codes fall in."""
+        codes = self.chunk.codes
+        return max(len({(start + c) // self.group for c in range(codes)})
+                   for start in range(0, math.lcm(self.group, codes), codes))
+
+    def _code(self, packed: Var, row, col, epw: int) -> tirx.PrimExpr:
+        """Code ``col`` of ``packed`` row ``row`` (the model's ``unpack_code``)."""
+        shift = (tirx.floormod(col, epw) * self.bits).astype("uint32")
+        return (packed[row, tirx.floordiv(col, epw)] >> shift) & _u32(self.mask)
+
+    def _dequantize(self, code, row, col) -> tirx.PrimExpr:
+        zero = (tirx.const(self.zero_const, "float32") if self.q_zero is None else
+                self._code(self.q_zero, row, tirx.floordiv(col, self.group), self.epw)
+                .astype("float32"))
+        scale = self.q_scale[row, tirx.floordiv(col, self.group)].astype("float32")
+        return ((code - zero) * scale).astype("float16").astype("float32")
+
+    # -- the kernel -------------------------------------------------------------------
+
+    def schedule(self, info: CPUMatmul) -> s_tir.Schedule:
+        """The matched function with its dequantize and reduction replaced by the kernel;
+        the epilogue loops stay as they were."""
+        sch = info.sch
+        sch.compute_inline(info.unpack)
+        sch.compute_inline(info.weight)
+        nest = sch.get(sch.get_loops(info.block)[0])
+        func = sch.mod["main"]
+        realize = func.body
+        root = realize.block
+        body = list(root.body.seq) if isinstance(root.body, tirx.SeqStmt) else [root.body]
+        body = [self.kernel() if s.same_as(nest) else s for s in body]
+        new_root = s_tir.stmt.SBlock(
+            root.iter_vars, root.reads, root.writes, root.name_hint,
+            tirx.SeqStmt(body) if len(body) > 1 else body[0], root.init, root.alloc_buffers,
+            root.match_buffers, root.annotations)
+        new = func.with_body(s_tir.stmt.SBlockRealize(realize.iter_values, realize.predicate,
+                                                      new_root))
+        return s_tir.Schedule(new)
+
+    def kernel(self) -> tirx.Stmt:
+        """x permuted once, then tasks of TILES x ROWS output rows across cores."""
+        chunk = self.chunk
+        nchunks = math.ceil(self.groups * self.group / chunk.codes)
+        tiles = self.n // ROWS
+        with IRBuilder() as ib:
+            with T.sblock("lut_gemv"):
+                xt = T.sblock_alloc_buffer((nchunks * chunk.codes,), "float32")
+                self._permute_x(xt, nchunks)
+                with T.parallel(0, math.ceil(tiles / TILES)) as task:
+                    acc = T.alloc_local((ROWS,), "float32x16")
+                    with T.serial(0, TILES) as i:
+                        with T.If(task * TILES + i < tiles):
+                            with T.Then():
+                                self._rows(xt, acc, (task * TILES + i) * ROWS, ROWS)
+                if self.n % ROWS:
+                    acc = T.alloc_local((ROWS,), "float32x16")
+                    self._rows(xt, acc, tiles * ROWS, self.n % ROWS)
+        return ib.get()
+
+    def _x(self, k) -> tirx.PrimExpr:
+        return self.x[(*[0] * (len(self.x.ty.shape) - 1), k)]
+
+    def _permute_x(self, xt: Var, nchunks: int) -> None:
+        """xt[chunk, v, lane] = x[the code that lane multiplies], 0 past K."""
+        chunk = self.chunk
+        with T.serial(0, nchunks) as c:
+            for v in range(chunk.vectors):
+                for lane in range(LANES):
+                    src = c * chunk.codes + chunk.code(v, lane)
+                    value = tirx.Select(src < self.k, self._x(tirx.min(src, self.k - 1)),
+                                        tirx.const(0, "float32"))
+                    T.buffer_store(xt, value, [c * chunk.codes + v * LANES + lane])
+
+    def _rows(self, xt: Var, acc: Var, n0, rows: int) -> None:
+        """Output rows n0 .. n0 + rows: accumulate, then sum the lanes into ``out``."""
+        for r in range(rows):
+            T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "float32"), LANES), [r])
+        chunk = self.chunk
+        block = math.lcm(self.group, chunk.codes)  # codes of a chunk/group pattern period
+        total = self.groups * self.group
+        full = total // block
+        if full:
+            with T.serial(0, full) as b:
+                self._chunks(xt, acc, n0, rows, b * block, range(block // chunk.codes))
+        tail = math.ceil((total - full * block) / chunk.codes)
+        if tail:
+            self._chunks(xt, acc, n0, rows, full * block, range(tail),
+                         last_group=self.groups - 1 - full * block // self.group)
+        for r in range(rows):
+            total = tirx.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fadd",
+                                               tirx.const(0, "float32"), acc[r])
+            T.buffer_store(self.out, total, [*[0] * (len(self.out.ty.shape) - 1), n0 + r])
+
+    def _chunks(self, xt: Var, acc: Var, n0, rows: int, base, chunks: range,
+                last_group: float = math.inf) -> None:
+        """Chunks ``base / chunk.codes + c`` for c in ``chunks`` (static), all rows. In the
+        row's tail chunk, lanes past the last group (x is 0 there) read ``last_group``'s table
+        (relative to the group of ``base``), not a scale past the row."""
+        chunk = self.chunk
+        for c in chunks:
+            start = c * chunk.codes  # static offset of the chunk from ``base``
+            # Static group of every (vector, lane), relative to the group of ``base``.
+            lane_group = [[min((start + chunk.code(v, lane)) // self.group, last_group)
+                           for lane in range(LANES)] for v in range(chunk.vectors)]
+            groups = sorted({g for gs in lane_group for g in gs})
+            x_vecs = [xt[tirx.Ramp(base + start + v * LANES, 1, LANES)]
+                      for v in range(chunk.vectors)]
+            for r in range(rows):
+                n = n0 + r
+                tables = self._tables(n, [base // self.group + g for g in groups])
+                words = self._words(n, (base + start) // self.epw)
+                for v in range(chunk.vectors):
+                    shifts = [self.bits * (chunk.code(v, lane) % self.epw) for lane in range(LANES)]
+                    index = words >> _const_vector(shifts, "uint32")
+                    if len(groups) > 1:  # the code's low bits, then its group's table slot
+                        slot = [groups.index(g) << self.bits for g in lane_group[v]]
+                        index = (index & tirx.Broadcast(_u32(self.mask), LANES)) | _const_vector(
+                            slot, "uint32")
+                    index = index.astype("int32x16")
+                    if len(tables) == 1:
+                        w = tirx.call_llvm_pure_intrin("float32x16", PERMUTE, tables[0], index)
+                    else:
+                        w = tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, tables[0], index,
+                                                       tables[1])
+                    T.buffer_store(acc, acc[r] + x_vecs[v] * w, [r])
+
+    def _words(self, n, word) -> tirx.PrimExpr:
+        """The chunk's words, lane l holding word l % chunk.words (one broadcast load)."""
+        chunk = self.chunk
+        if chunk.words == 1:
+            return _splat(self.q_weight, [n, word])
+        # The last chunk of a row may hold fewer words: lanes past the row repeat its last word
+        # (their x is 0); a static count, since only the static tail chunk can be short.
+        have = min(chunk.words, self.words - word) if isinstance(word, int) else chunk.words
+        loaded = self.q_weight[n, tirx.Ramp(word, 1, have)]
+        return tirx.Shuffle([loaded] * math.ceil(LANES / have),
+                            [min(lane % chunk.words, have - 1) for lane in range(LANES)])
+
+    def _tables(self, n, groups: list) -> list:
+        """One or two table registers holding the tables of ``groups`` (consecutive slots of
+        2^bits lanes; a single group fills all 16 lanes periodically)."""
+        size = 1 << self.bits
+        slots = LANES // size
+        tables = []
+        for first in range(0, len(groups), slots):
+            tables.append(self._table(n, groups[first:first + slots]))
+        return tables
+
+    def _table(self, n, members: list) -> tirx.PrimExpr:
+        """float16((j - zero) * scale) in every lane, j = lane % 2^bits; with several groups,
+        lanes [i * 2^bits, (i + 1) * 2^bits) hold member i's table."""
+        size = 1 << self.bits
+        codes = _const_vector([float(lane & self.mask) for lane in range(LANES)], "float32")
+
+        def per_lane(value_of):
+            value = value_of(members[-1])
+            for i in range(len(members) - 2, -1, -1):
+                inside = [lane // size == i for lane in range(LANES)]
+                value = tirx.Select(_const_vector(inside, "bool"), value_of(members[i]), value)
+            return value
+
+        scale = per_lane(lambda g: _splat(self.q_scale, [n, g]).astype("float32x16"))
+        if self.q_zero is None:
+            zero = tirx.Broadcast(tirx.const(self.zero_const, "float32"), LANES)
+        else:
+            zero = per_lane(self._zero_vector(n))
+        return ((codes - zero) * scale).astype("float16x16").astype("float32x16")
+
+    def _zero_vector(self, n):
+        def zero(g):
+            word = _splat(self.q_zero, [n, tirx.floordiv(g, self.epw)])
+            shift = tirx.Broadcast((tirx.floormod(g, self.epw) * self.bits).astype("uint32"),
+                                   LANES)
+            return ((word >> shift) & tirx.Broadcast(_u32(self.mask), LANES)).astype("float32x16")
+        return zero
+
+
+# ------------------------------------------------------------------ schedule (no AVX-512)
 
 
 def lanes_for(epw: int | None) -> int:
@@ -36,19 +409,6 @@ def staged(info: CPUMatmul) -> bool:
     0.35 ms vs 0.58 ms on 2 cores). q3f16_1's groups of 40 are whole words: fused is faster."""
     return (info.unpack is not None and info.epw == 10 and info.group is not None
             and info.group % 10 != 0 and info.group % LANES == 0)
-
-
-class CPUVectorGEMV(CPUMatmulRule):
-    """Matmuls with one static token row (the decode step and the last-token lm_head)."""
-
-    def __init__(self, max_rows: int = 1) -> None:
-        self.max_rows = max_rows
-
-    def accepts(self, static_rows: int | None) -> bool:
-        return static_rows is not None and static_rows <= self.max_rows
-
-    def schedule(self, info: CPUMatmul) -> s_tir.Schedule:
-        return _schedule(info)
 
 
 def _schedule(info: CPUMatmul) -> s_tir.Schedule:
