@@ -216,13 +216,13 @@ def consumer_chain(sch: s_tir.Schedule, block) -> list | None:
 class DequantMatmulRule(abc.ABC):
     """Base of the rules for the fused dequantize-matmul, in dlight's shape: ``apply`` returns a
     schedule or None. A subclass says which static batch sizes it takes (None: symbolic) and
-    how to schedule a match."""
+    how to schedule a match on the target (which may pick between schedules, e.g. tensor cores)."""
 
     @abc.abstractmethod
     def accepts(self, batch: int | None, info: DequantMatmul) -> bool: ...
 
     @abc.abstractmethod
-    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> "s_tir.Schedule | None": ...
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul, target: Target) -> "s_tir.Schedule | None": ...
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> "s_tir.Schedule | None":
         del tunable
@@ -231,4 +231,4 @@ class DequantMatmulRule(abc.ABC):
         info = match_dequant_matmul(func)
         if info is None or not self.accepts(static_batch(info), info):
             return None
-        return self.schedule(func, info)
+        return self.schedule(func, info, target)

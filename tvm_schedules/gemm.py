@@ -33,8 +33,7 @@ from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
 from tvm.target import Target
 
-from .analysis import (DequantMatmul, DequantMatmulRule, is_cuda, match_dequant_matmul,
-                       sm_version, static_batch)
+from .analysis import DequantMatmul, DequantMatmulRule, is_cuda, sm_version, static_batch
 
 
 def _next_pow2(x: int) -> int:
@@ -463,20 +462,10 @@ class DequantGEMM(DequantMatmulRule):
         # N tiles are whole (true of every LLaMA projection); otherwise dlight takes it.
         return (batch is None or batch >= self.min_batch) and info.n % 64 == 0
 
-    def apply(self, func: tirx.PrimFunc, target: Target,
-              tunable: bool = False) -> s_tir.Schedule | None:
-        del tunable
-        if not is_cuda(target):
-            return None
-        info = match_dequant_matmul(func)
-        if info is None or not self.accepts(static_batch(info), info):
-            return None
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul, target: Target) -> s_tir.Schedule | None:
+        """Tensor cores where the target has them and the shape fits, else CUDA cores."""
         if self.tensor_cores and has_tensor_cores(target) and tensorize_works():
             sch = schedule_dequant_gemm_tc(func, info, tensor_core_tile(info))
             if sch is not None:
                 return sch
-        return self.schedule(func, info)
-
-    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
-        """The CUDA-core path (every CUDA target)."""
         return schedule_dequant_gemm(func, info)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
+from tvm.target import Target
 
 from .analysis import DequantMatmul, DequantMatmulRule
 
@@ -152,7 +153,7 @@ class DecodeGEMV(DequantMatmulRule):
     def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
         return batch == 1
 
-    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul, target: Target) -> s_tir.Schedule | None:
         tile_n = self.tile_n if info.n % (self.tile_n * self.warps) == 0 else 1
         return schedule_dequant_gemv(info, tile_n, self.warps)
 
@@ -168,5 +169,5 @@ class LowBatchGEMV(DequantMatmulRule):
     def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
         return batch is not None and 2 <= batch <= self.max_batch
 
-    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul) -> s_tir.Schedule | None:
+    def schedule(self, func: tirx.PrimFunc, info: DequantMatmul, target: Target) -> s_tir.Schedule | None:
         return schedule_dequant_gemv(info, 1, self.warps)
