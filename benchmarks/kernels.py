@@ -159,12 +159,9 @@ def schedule_kernel(spec: KernelSpec, target):
         # schedule a static 512-row one. (An int32 var: int64 trips its index-dtype check.)
         seq = tirx.Var("seq_len", "int32")
         spec.symbolic_seq = True
+    # dlight's Matmul tensorizes the prefill on sm_80+ as in MLC's pipeline (it crashed before
+    # apache-tvm-ffi was pinned to 0.1.14.post1, see docs/schedules.md), as our GEMM does.
     func = dequant_matmul(spec.mode, spec.n, spec.k, batch=batch, seq=seq)
-    if spec.schedule == "dlight":
-        # dlight's MatmulTensorization segfaults in TVM 0.27 on these fused dequantize-matmuls
-        # (seen here for seq 512 and symbolic seq); its CUDA-core Matmul path is used instead,
-        # like our GEMM rule, which has no tensor cores yet either.
-        func = func.with_attr("dlight.do_not_tensorize", True)
     for rule in rules:
         sch = rule.apply(func, target, False)
         if sch is not None:
