@@ -212,3 +212,19 @@ def test_gemv_stages_3bit_groups_that_straddle_words(mode, expect):
     info = match_matmul(dequant_matmul(mode, 64, 640, x_dtype="float32", out_dtype="float32"))
     assert info.epw == MODES[mode].elems_per_word and info.group == MODES[mode].group_size
     assert staged(info) is expect
+
+
+@pytest.mark.parametrize("mode,expect", [("q3f16_g128asym", True), ("q3f16_g64asym", True),
+                                         ("q3f16_g32asym", False), ("q3f16_1", False),
+                                         ("q4f16_g128asym", False), ("q2f16_g64asym", False)])
+def test_gemv_lut_shares_3bit_group_tables(mode, expect):
+    """Groups of 64 and 128 at 3 bits get one table per group, read across chunks, and the
+    chunk geometry whose lanes still cover each of the chunk's 80 codes exactly once."""
+    from tvm_schedules.cpu.gemv import LANES, Chunk
+
+    lut = LutGEMV.match(match_matmul(dequant_matmul(mode, 64, 576, x_dtype="float32",
+                                                    out_dtype="float32")))
+    assert lut.shared_tables() is expect and lut.chunk.quads is expect
+    for chunk in (Chunk(10, 8), Chunk(10, 8, quads=True)):
+        codes = sorted(chunk.code(v, lane) for v in range(chunk.vectors) for lane in range(LANES))
+        assert codes == list(range(chunk.codes))

@@ -15,15 +15,21 @@ rounding included), so results equal the unscheduled function's up to float32 su
 order; ``LutGEMV.match`` checks those expressions and declines anything else.
 
 Layout: a vector's lanes run over the words of a chunk (lane l: word l % WORDS, one code of
-it), so a chunk is one broadcast load and every chunk has the same shifts; x is permuted
-into that lane order once per call and zero-padded past K, which also silences the padding
-codes. 3-bit: 8 words (80 codes) per chunk, 5 vectors; a chunk spans at most 2 groups of
-40/64/128 (one table register, the group in index bit 3) or 3 of 32 (two registers,
-``vpermt2ps``). The scale is broadcast straight from its float16 in memory (``vpbroadcastw`` +
-``vcvtph2ps``), measured 2x faster on q4f16_1 than a scalar load, convert and broadcast, which
-had made the table build the bottleneck. ``ROWS`` rows share each x vector, ``TILES`` row
-tiles share one accumulator allocation (TVM allocates a local buffer in a parallel loop with a
-workspace call; one per 4-row tile measured 0-30 % slower), tasks of rows run across cores.
+it), so a chunk is one broadcast load and every chunk has the same shifts; x is permuted into
+that lane order once per call and zero-padded past K, which also silences the padding codes.
+3-bit: 8 words (80 codes) per chunk, 5 vectors. Groups of 64 and 128 (``shared_tables``): each
+group's table is built once per row (and lcm(group, 80)-code block) in a register of its own
+and read by every chunk it covers; such a chunk's vectors 0-3 each take 4 codes of 4 words
+(``Chunk.quads``: 3 broadcast loads a chunk), so that in a chunk across two groups at most 3 of
+its 5 vectors are too; those read both tables, merged by a constant lane mask (a masked
+``vpermps``). Groups of 128 keep 2 accumulators per row. Groups of 40 (q3f16_1: a chunk is 2
+whole groups) build one register of both tables per chunk, the group in index bit 3; groups of
+32 (3 a chunk) two such registers, read with ``vpermt2ps``. The scale is broadcast straight
+from its float16 in memory (``vpbroadcastw`` + ``vcvtph2ps``), measured 2x faster on q4f16_1
+than a scalar load, convert and broadcast, which had made the table build the bottleneck.
+``ROWS`` rows share each x vector, ``TILES`` row tiles share one accumulator allocation (TVM
+allocates a local buffer in a parallel loop with a workspace call; one per 4-row tile measured
+0-30 % slower), tasks of rows run across cores.
 
 Measured on 2 shared Zen 5 cores (AMD EPYC, AVX-512), 2026-11-23,
 ``TVM_NUM_THREADS=2 python benchmarks/cpu_kernels.py --baseline <old gemv.py>``: the old rule
@@ -37,11 +43,31 @@ average at 3.0-3.6 (benchmarks/results/cpu_kernels_amd_epyc_znver5.md). Min ms p
 
 2.2-10x per kernel (every mode and linear). 3-bit, 2.5-3x slower than 4-bit before, is now
 within 10-20 % of it per step (faster on lm_head, where memory decides; its 5-vector chunks
-need a table per chunk); 2-bit is the fastest. An earlier run of the same kernels on a
-quieter machine: q4f16_1's step 10.4 -> 3.4 ms, lm_head 1.84 -> 0.62 ms (23 GB/s, about what
-the two cores read). A model's decode step, old and new library alternating in one process
-(machine shared, median): q4f16_1 33.3 -> 21.1 ms, q3f16_g128asym 87.5 -> 23.9 ms,
-q2f16_g128asym 32.1 -> 17.0 ms.
+then needed a table per chunk, see the shared tables below); 2-bit is the fastest. An earlier
+run of the same kernels on a quieter machine: q4f16_1's step 10.4 -> 3.4 ms, lm_head 1.84 ->
+0.62 ms (23 GB/s, about what the two cores read). A model's decode step, old and new library
+alternating in one process (machine shared, median): q4f16_1 33.3 -> 21.1 ms, q3f16_g128asym
+87.5 -> 23.9 ms, q2f16_g128asym 32.1 -> 17.0 ms.
+
+Shared tables (3-bit groups of 64 and 128; the same command, old = the per-chunk tables, load
+average 1.0-1.2, 2026-11-23), min ms per call, 4-bit of the same group size for comparison:
+
+    SmolLM2 linear            q3f16_g128asym    q4f16_g128asym  q3f16_g64asym     q4f16_g64asym
+    qkv 960x576               0.0145 -> 0.0112  0.0107          0.0146 -> 0.0137  0.0121
+    gate_up 3072x576          0.0432 -> 0.0338  0.0324          0.0454 -> 0.0423  0.0371
+    down 576x1536             0.0188 -> 0.0151  0.0144          0.0204 -> 0.0190  0.0176
+    lm_head 49152x576         0.70 -> 0.55      0.58            0.70 -> 0.66      0.59
+    GEMVs of a decode step    3.25 -> 2.56      2.51            3.39 -> 3.17      2.82
+
+q3f16_g128asym 1.2-1.3x (3-5 % behind 4-bit, lm_head ahead), q3f16_g64asym 1.03-1.1x
+(still 8-19 % behind 4-bit: every chunk crosses a group, 3 vectors of 5 read two
+tables). Other modes compile to the same kernel as before. Tried and slower: the two periodic
+tables read with ``vpermt2ps`` (K = 576 2-6 % slower than the per-chunk tables, in-cache, one
+thread; only K = 1536 faster), blended per chunk into one register with the group in index bit
+3 (``vshuff64x2`` + ``vpternlogd``: 7 % slower; fewer table builds did not pay, the kernel is
+bound by its shifts, permutes and ternary logic and by the FMA chains), shared tables for groups
+of 32 (8 % slower), ``ROWS`` 2, 3 or 6 (6-20 % slower). In-cache the masked permutes cost
+q3f16_g128asym ~20 %: without them (wrong results) it was faster than 4-bit.
 
 Other targets (no AVX-512) and any dequantize of another form keep the schedule below
 (``_schedule``): dequantize inline, 16-lane ``rfactor`` partial sums, ``ROWS`` rows
@@ -109,6 +135,7 @@ class Chunk:
 
     epw: int  # codes per word
     words: int  # words per chunk
+    quads: bool = False  # 3-bit shared tables: vectors 0-3 from 4 words each (see ``code``)
 
     @property
     def per(self) -> int:
@@ -124,7 +151,12 @@ class Chunk:
         return self.words * self.epw
 
     def code(self, v: int, lane: int) -> int:
-        """Code (offset in the chunk) that lane ``lane`` of vector ``v`` multiplies."""
+        """Code (offset in the chunk) that lane ``lane`` of vector ``v`` multiplies. With
+        ``quads`` (8 words of 10 codes), vectors 0-3 take codes 4 (v % 2) .. + 3 of words
+        4 (v // 2) .. + 3 (lane: word lane % 4) and vector 4 codes 8, 9 of all 8 words, so
+        that a chunk across two groups has at most 3 vectors across both."""
+        if self.quads and v < 4:
+            return (4 * (v // 2) + lane % 4) * self.epw + 4 * (v % 2) + lane // 4
         return (lane % self.words) * self.epw + v * self.per + lane // self.words
 
 
@@ -176,7 +208,7 @@ class LutGEMV:
 
     @property
     def chunk(self) -> Chunk:
-        return Chunk(self.epw, WORDS[self.epw])
+        return Chunk(self.epw, WORDS[self.epw], quads=self.shared_tables())
 
     @staticmethod
     def match(info: CPUMatmul) -> LutGEMV | None:
@@ -217,7 +249,7 @@ class LutGEMV:
 
     def groups_per_chunk(self) -> int:
         """Most quantization groups that one chunk's codes fall in."""
-        codes = self.chunk.codes
+        codes = self.epw * WORDS[self.epw]  # self.chunk's (its geometry asks us)
         return max(len({(start + c) // self.group for c in range(codes)})
                    for start in range(0, math.lcm(self.group, codes), codes))
 
@@ -265,13 +297,13 @@ class LutGEMV:
                 xt = T.sblock_alloc_buffer((nchunks * chunk.codes,), "float32")
                 self._permute_x(xt, nchunks)
                 with T.parallel(0, math.ceil(tiles / TILES)) as task:
-                    acc = T.alloc_local((ROWS,), "float32x16")
+                    acc = T.alloc_local((ROWS * self.chains,), "float32x16")
                     with T.serial(0, TILES) as i:
                         with T.If(task * TILES + i < tiles):
                             with T.Then():
                                 self._rows(xt, acc, (task * TILES + i) * ROWS, ROWS)
                 if self.n % ROWS:
-                    acc = T.alloc_local((ROWS,), "float32x16")
+                    acc = T.alloc_local((ROWS * self.chains,), "float32x16")
                     self._rows(xt, acc, tiles * ROWS, self.n % ROWS)
         return ib.get()
 
@@ -291,7 +323,7 @@ class LutGEMV:
 
     def _rows(self, xt: Var, acc: Var, n0, rows: int) -> None:
         """Output rows n0 .. n0 + rows: accumulate, then sum the lanes into ``out``."""
-        for r in range(rows):
+        for r in range(rows * self.chains):
             T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "float32"), LANES), [r])
         chunk = self.chunk
         block = math.lcm(self.group, chunk.codes)  # codes of a chunk/group pattern period
@@ -305,8 +337,11 @@ class LutGEMV:
             self._chunks(xt, acc, n0, rows, full * block, range(tail),
                          last_group=self.groups - 1 - full * block // self.group)
         for r in range(rows):
+            sum_r = acc[r * self.chains]
+            for i in range(1, self.chains):
+                sum_r = sum_r + acc[r * self.chains + i]
             total = tirx.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fadd",
-                                               tirx.const(0, "float32"), acc[r])
+                                               tirx.const(0, "float32"), sum_r)
             T.buffer_store(self.out, total, [*[0] * (len(self.out.ty.shape) - 1), n0 + r])
 
     def _chunks(self, xt: Var, acc: Var, n0, rows: int, base, chunks: range,
@@ -315,6 +350,7 @@ class LutGEMV:
         row's tail chunk, lanes past the last group (x is 0 there) read ``last_group``'s table
         (relative to the group of ``base``), not a scale past the row."""
         chunk = self.chunk
+        shared, bound = self.shared_tables(), {}
         for c in chunks:
             start = c * chunk.codes  # static offset of the chunk from ``base``
             # Static group of every (vector, lane), relative to the group of ``base``.
@@ -323,36 +359,81 @@ class LutGEMV:
             groups = sorted({g for gs in lane_group for g in gs})
             x_vecs = [xt[tirx.Ramp(base + start + v * LANES, 1, LANES)]
                       for v in range(chunk.vectors)]
+            per_row = []
             for r in range(rows):
                 n = n0 + r
-                tables = self._tables(n, [base // self.group + g for g in groups])
-                words = self._words(n, (base + start) // self.epw)
-                for v in range(chunk.vectors):
-                    shifts = [self.bits * (chunk.code(v, lane) % self.epw) for lane in range(LANES)]
-                    index = words >> _const_vector(shifts, "uint32")
+                if shared:  # one periodic table per group, bound (T.bind) where first read
+                    for g in groups:
+                        if (r, g) not in bound:
+                            bound[r, g] = T.bind(self._table(n, [base // self.group + g]))
+                    tables = [bound[r, g] for g in groups]
+                else:
+                    tables = self._tables(n, [base // self.group + g for g in groups])
+                word = (base + start) // self.epw
+                per_row.append((tables, [self._words(n, word, v) for v in range(chunk.vectors)]))
+            # Shared tables: the rows' vectors interleaved (0-4 % faster there; with the
+            # per-chunk tables q3f16_g64asym was 1.35x slower).
+            order = ([(r, v) for v in range(chunk.vectors) for r in range(rows)] if shared
+                     else [(r, v) for r in range(rows) for v in range(chunk.vectors)])
+            for r, v in order:
+                tables, words = per_row[r]
+                words = words[v]
+                shifts = [self.bits * (chunk.code(v, lane) % self.epw) for lane in range(LANES)]
+                index = words >> _const_vector(shifts, "uint32")
+                if shared and len(groups) > 1:  # both groups' tables; LLVM makes the select
+                    # a masked vpermps (vpermt2ps, or a blend into one register, was slower)
+                    index = index.astype("int32x16")
+                    second = [g == groups[1] for g in lane_group[v]]
+                    w = tirx.Select(
+                        _const_vector(second, "bool"),
+                        tirx.call_llvm_pure_intrin("float32x16", PERMUTE, tables[1], index),
+                        tirx.call_llvm_pure_intrin("float32x16", PERMUTE, tables[0], index))
+                else:
                     if len(groups) > 1:  # the code's low bits, then its group's table slot
                         slot = [groups.index(g) << self.bits for g in lane_group[v]]
-                        index = (index & tirx.Broadcast(_u32(self.mask), LANES)) | _const_vector(
-                            slot, "uint32")
+                        index = (index & tirx.Broadcast(_u32(self.mask), LANES)) | (
+                            _const_vector(slot, "uint32"))
                     index = index.astype("int32x16")
                     if len(tables) == 1:
                         w = tirx.call_llvm_pure_intrin("float32x16", PERMUTE, tables[0], index)
                     else:
-                        w = tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, tables[0], index,
-                                                       tables[1])
-                    T.buffer_store(acc, acc[r] + x_vecs[v] * w, [r])
+                        w = tirx.call_llvm_pure_intrin("float32x16", PERMUTE2, tables[0],
+                                                       index, tables[1])
+                a = r * self.chains + (c * chunk.vectors + v) % self.chains
+                T.buffer_store(acc, acc[a] + x_vecs[v] * w, [a])
 
-    def _words(self, n, word) -> tirx.PrimExpr:
-        """The chunk's words, lane l holding word l % chunk.words (one broadcast load)."""
+    @property
+    def chains(self) -> int:
+        """Accumulators (independent FMA chains) per row: 2 for 3-bit groups of 128 (3-7 %
+        faster in-cache there); elsewhere the extra registers spilled (q3f16_g64asym with the
+        old tables 1.2x slower, with shared tables 3 % slower)."""
+        return 2 if self.shared_tables() and self.group > self.epw * WORDS[self.epw] else 1
+
+    def shared_tables(self) -> bool:
+        """3-bit groups of 64 and 128 (a chunk of 80 codes spans at most 2): each group's table
+        in a register of its own (periodic, so no mask), built once per row and block and read
+        by every chunk it covers. Not for groups of 32 (3 groups a chunk: 3 permutes per
+        vector, 8 % slower than two pair registers and vpermt2ps) nor 40 (q3f16_1: a chunk is
+        2 whole groups, no table to share)."""
+        return self.epw == 10 and self.groups_per_chunk() <= 2 and self.group % LANES == 0
+
+    def _words(self, n, word, v: int = 0) -> tirx.PrimExpr:
+        """The words of vector ``v`` of the chunk, lane l holding its word (l % chunk.words but
+        with ``quads``): one broadcast load."""
         chunk = self.chunk
         if chunk.words == 1:
             return _splat(self.q_weight, [n, word])
         # The last chunk of a row may hold fewer words: lanes past the row repeat its last word
         # (their x is 0); a static count, since only the static tail chunk can be short.
         have = min(chunk.words, self.words - word) if isinstance(word, int) else chunk.words
-        loaded = self.q_weight[n, tirx.Ramp(word, 1, have)]
-        return tirx.Shuffle([loaded] * math.ceil(LANES / have),
-                            [min(lane % chunk.words, have - 1) for lane in range(LANES)])
+        lanes = [chunk.code(v, lane) // chunk.epw for lane in range(LANES)]
+        first = min(min(lanes), have - 1)  # quads: load only the 4 words the vector reads
+        count = min(max(lanes) + 1, have) - first
+        if count == 1:
+            return _splat(self.q_weight, [n, word + first])
+        loaded = self.q_weight[n, tirx.Ramp(word + first, 1, count)]
+        return tirx.Shuffle([loaded] * math.ceil(LANES / count),
+                            [min(w, have - 1) - first for w in lanes])
 
     def _tables(self, n, groups: list) -> list:
         """One or two table registers holding the tables of ``groups`` (consecutive slots of
