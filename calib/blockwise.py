@@ -48,7 +48,7 @@ from desv_export.atomic import atomic_file
 from desv_export.errors import UserError
 
 from .desv import SVDBand
-from .let import BlockLET, norm_gains
+from .let import BlockLET
 from .model import decoder_layers, quantized_linears
 from .quantizer import LWC, GroupQuant, fake_quant, quantize
 
@@ -214,12 +214,11 @@ def _train_block(layer, fp_outs, q_inps, kwargs, settings: Settings, device, bar
         groups.append({"params": list(let.parameters()), "lr": settings.let_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
     b, g = settings.bits, settings.group_size
-    gains = norm_gains(layer) if let is not None else {}
 
     def block_tensors() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Float weights to quantize, and the other tensors that LET changes."""
         weights = {n: bands[n].weight() if bands else m.weight for n, m in linears.items()}
-        return let.transform(weights, gains) if let is not None else (weights, {})
+        return let.transform(weights) if let is not None else (weights, {})
 
     loss_mean = float("nan")
     for _epoch in range(settings.epochs):

@@ -65,6 +65,8 @@ class BlockLET(torch.nn.Module):
             if linears[consumer].in_features % linears[producer].out_features:
                 raise UserError(f"--let: {consumer} input does not tile {producer} output")
         self.head_dim = int(getattr(layer.self_attn, "head_dim"))
+        # The block's own tensors the producers divide (plain dict: not LET's parameters).
+        self.gains = {n: params[n] for n, _ in NORM_PAIRS}
         self.biases = {n: params[f"{n}.bias"] for n, _ in LINEAR_PAIRS if f"{n}.bias" in params}
 
     def _add(self, producer: str, size: int, device) -> None:
@@ -81,18 +83,17 @@ class BlockLET(torch.nn.Module):
             return s
         return s.view(-1, self.head_dim).repeat_interleave(repeat, dim=0).reshape(-1)
 
-    def transform(self, weights: dict[str, torch.Tensor], norms: dict[str, torch.Tensor]
+    def transform(self, weights: dict[str, torch.Tensor]
                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(linear weights to quantize, other block tensors that change) under the current scales.
 
-        ``weights`` maps each quantized linear's name to its float weight (after the DESV band),
-        ``norms`` each norm gain's name to its float value.
+        ``weights`` maps each quantized linear's name to its float weight (after the DESV band).
         """
         out = dict(weights)
         extra: dict[str, torch.Tensor] = {}
         for producer, consumers in NORM_PAIRS:
             s = self.scale(producer)
-            extra[producer] = norms[producer] / s
+            extra[producer] = self.gains[producer] / s
             for c in consumers:
                 out[c] = out[c] * s
         for producer, consumer in LINEAR_PAIRS:
@@ -106,8 +107,3 @@ class BlockLET(torch.nn.Module):
 def _key(producer: str) -> str:
     return "log_s_" + producer.replace(".", "_")
 
-
-def norm_gains(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The block's norm gains LET rescales, by parameter name."""
-    params = dict(layer.named_parameters())
-    return {name: params[name] for name, _ in NORM_PAIRS}

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from calib.blockwise import KILL_AFTER_BLOCK_ENV, _block_forward
+from calib.blockwise import KILL_AFTER_BLOCK_ENV, _block_forward, catch_block0_inputs
 from calib.checkpoint import verify
-from calib.let import BlockLET, norm_gains
+from calib.let import BlockLET
 from calib.model import load_model, quantized_linears
 from desv_export.commands.calibrate import work_dir_for
 from tests.calib.conftest import TINY, cli
@@ -22,18 +22,8 @@ def _block_and_inputs(tmp_path, arch: str, heads: int, kv_heads: int):
                           heads=heads, kv_heads=kv_heads)
     model, _ = load_model(src)
     ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
-    caught = {}
-
-    def hook(_m, args, kw):
-        caught["x"] = args[0] if args else kw["hidden_states"]
-        caught["kw"] = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
-
-    layer = model.model.layers[0]
-    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    with torch.no_grad():
-        model(input_ids=ids)
-    handle.remove()
-    return layer, caught["x"], caught["kw"]
+    x, kw = catch_block0_inputs(model, ids, torch.device("cpu"))
+    return model.model.layers[0], x, kw
 
 
 @pytest.mark.parametrize("arch,heads,kv_heads", [("llama", 4, 2), ("llama", 4, 4), ("qwen2", 4, 1)])
@@ -44,7 +34,7 @@ def test_folded_transform_leaves_the_float_block_unchanged(tmp_path, arch, heads
         let = BlockLET(layer)
         for p in let.parameters():  # scales between 1/e and e, different per channel
             p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 2 - 1)
-        weights, extra = let.transform({n: m.weight for n, m in quantized_linears(layer).items()}, norm_gains(layer))
+        weights, extra = let.transform({n: m.weight for n, m in quantized_linears(layer).items()})
         assert set(extra) >= {"input_layernorm.weight", "post_attention_layernorm.weight"}
         assert ("self_attn.v_proj.bias" in extra) == (arch == "qwen2")
         changed = {n: w for n, w in weights.items() if not torch.equal(w, quantized_linears(layer)[n].weight)}

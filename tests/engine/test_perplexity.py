@@ -16,12 +16,9 @@ from tests.engine import libraries as L
 
 
 def _calibrate(out, hf_dir, *options):
-    from click.testing import CliRunner
+    from tests.calib.conftest import cli
 
-    from desv_export.cli import main
-
-    result = CliRunner().invoke(main, ["calibrate", str(hf_dir), "-o", str(out), "--bits", "3",
-                                       "--group-size", "32", "--quiet", *options])
+    result = cli("calibrate", hf_dir, "-o", out, "--bits", "3", "--group-size", "32", "--quiet", *options)
     assert result.exit_code == 0, result.output
     return out
 
