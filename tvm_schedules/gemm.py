@@ -49,7 +49,7 @@ def schedule_dequant_gemm(func: tirx.PrimFunc, info: DequantMatmul, micro: int =
     sch = s_tir.Schedule(func)
     mm = _reduction_block(sch)
     producers = sch.get_producers(mm)
-    deq = [p for p in producers if any(r.source.dtype == "uint32" for r in sch.get(p).reads)]
+    deq = [p for p in producers if _reads_words(sch, p)]
     if len(deq) != 1 or len(producers) != 1:
         return None
 
@@ -66,8 +66,7 @@ def schedule_dequant_gemm(func: tirx.PrimFunc, info: DequantMatmul, micro: int =
         pads = [bm if not isinstance(iv.dom.extent, IntImm) else 1 for iv in iters]
         sch.pad_einsum(mm, pads)
         mm = _reduction_block(sch)
-    deq = [p for p in sch.get_producers(mm)
-           if any(r.source.dtype == "uint32" for r in sch.get(p).reads)][0]
+    deq = next(p for p in sch.get_producers(mm) if _reads_words(sch, p))
 
     *spatial, n_loop, k_loop = sch.get_loops(mm)
     m_loop = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
@@ -98,29 +97,11 @@ def schedule_dequant_gemm(func: tirx.PrimFunc, info: DequantMatmul, micro: int =
     x_shared = sch.cache_read(mm, x_idx, "shared")
     for producer in sch.get_producers(x_shared):  # the pad block of a symbolic token axis
         sch.compute_inline(producer)
-    sch.compute_at(x_shared, ko, preserve_unit_loops=True)
-    x_loops = sch.get_loops(x_shared)[-len(spatial) - 1:]
-    fused = sch.fuse(*x_loops)
-    vec = 1
-    for v in (8, 4, 2):
-        if info.k % v == 0 and bk % v == 0:
-            vec = v
-            break
-    _, ty_, tx_, v_ = sch.split(fused, [None, threads_m, threads_n, vec])
-    sch.bind(ty_, "threadIdx.y")
-    sch.bind(tx_, "threadIdx.x")
-    sch.vectorize(v_)
+    threads = [("threadIdx.y", threads_m), ("threadIdx.x", threads_n)]
+    vec = next(v for v in (8, 4, 2, 1) if info.k % v == 0 and bk % v == 0)
+    _stage_x(sch, x_shared, ko, len(spatial) + 1, threads, vec)
 
-    # weight tile [BN, BK]: the dequantize block fills shared memory, a word per thread step.
-    sch.set_scope(deq, 0, "shared")  # before compute_at: shared regions span the block's threads
-    sch.compute_at(deq, ko, preserve_unit_loops=True)
-    dn, dk = sch.get_loops(deq)[-2:]
-    dk_word, dk_code = sch.split(dk, [None, info.epw])
-    fused = sch.fuse(dn, dk_word)
-    _, ty_, tx_ = sch.split(fused, [None, threads_m, threads_n])
-    sch.bind(ty_, "threadIdx.y")
-    sch.bind(tx_, "threadIdx.x")
-    sch.unroll(dk_code)
+    _dequantize_into_shared(sch, deq, ko, info.epw, "shared", threads)
     # Row stride = 2 (mod 32) halves (17 words): lanes reading rows 4 apart at the same k hit
     # 8 banks (2-way conflict) instead of all hitting one (16-way). Interleaving a lane's
     # columns would remove the rest but makes the register tile strided (it spilled).
@@ -140,6 +121,40 @@ def _reduction_block(sch: s_tir.Schedule):
 
 def _written_by(sch: s_tir.Schedule, block, buffer) -> bool:
     return any(w.source.same_as(buffer) for w in sch.get(block).writes)
+
+
+def _reads_words(sch: s_tir.Schedule, block) -> bool:
+    return any(r.source.dtype == "uint32" for r in sch.get(block).reads)
+
+
+def _spread(sch: s_tir.Schedule, loop, threads: list[tuple[str, int]], vec: int | None = None) -> None:
+    """Split ``loop`` over the block's threads (outermost tag first) and, with ``vec``, a
+    vectorised innermost part: how both GEMMs share the work of filling a shared tile."""
+    factors = [None, *(extent for _, extent in threads)] + ([vec] if vec is not None else [])
+    _, *parts = sch.split(loop, factors)
+    for part, (tag, _) in zip(parts, threads):
+        sch.bind(part, tag)
+    if vec is not None:
+        sch.vectorize(parts[-1])
+
+
+def _stage_x(sch: s_tir.Schedule, x_shared, ko, loops: int, threads: list[tuple[str, int]],
+             vec: int) -> None:
+    """The x tile [BM, BK] -> shared memory once per K slice, ``vec`` halves a load."""
+    sch.compute_at(x_shared, ko, preserve_unit_loops=True)
+    _spread(sch, sch.fuse(*sch.get_loops(x_shared)[-loops:]), threads, vec)
+
+
+def _dequantize_into_shared(sch: s_tir.Schedule, deq, ko, epw: int, scope: str,
+                            threads: list[tuple[str, int]]) -> None:
+    """The dequantize block fills the [BN, BK] float16 shared tile, one word per thread step
+    (a word is read once per tile and its ``epw`` codes unpacked in registers)."""
+    sch.set_scope(deq, 0, scope)  # before compute_at: shared regions span the block's threads
+    sch.compute_at(deq, ko, preserve_unit_loops=True)
+    dn, dk = sch.get_loops(deq)[-2:]
+    dk_word, dk_code = sch.split(dk, [None, epw])
+    _spread(sch, sch.fuse(dn, dk_word), threads)
+    sch.unroll(dk_code)
 
 
 
@@ -347,8 +362,13 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
 
     sch.compute_at(a_frag, kf)  # fragments first: the shared fills must precede their readers
     sch.compute_at(b_frag, kf)
-    _fill_x_tile(sch, x_shared, ko, tile, info)
-    _fill_weight_tile(sch, deq, ko, tile, info)
+    threads = [("threadIdx.z", tile.warps_m), ("threadIdx.y", tile.warps_n), ("threadIdx.x", WARP)]
+    _stage_x(sch, x_shared, ko, 3, threads, next(v for v in (8, 4, 2, 1) if info.k % v == 0))
+    _dequantize_into_shared(sch, deq, ko, info.epw, SHARED, threads)
+    # Rows BK + 8 halves apart: a multiple of 16 bytes (wmma's ldm rule) that spreads the rows
+    # of a fragment load over the banks (BK halves alone is a multiple of 128 bytes).
+    sch.storage_align(x_shared, 0, axis=-2, factor=16, offset=8)
+    sch.storage_align(deq, 0, axis=-2, factor=16, offset=8)
     sch.reverse_compute_at(acc, wn)
     sch.reverse_compute_at(out_shared, wn)
     # Accumulator tile rows BN + 4 floats apart (a multiple of 16 bytes, as wmma's store needs).
@@ -366,10 +386,6 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
     return sch
 
 
-def _reads_words(sch: s_tir.Schedule, block) -> bool:
-    return any(r.source.dtype == "uint32" for r in sch.get(block).reads)
-
-
 def _inline_into_weight_pad(sch: s_tir.Schedule, mm):
     """The block producing the matmul's weight operand, with the dequantize in it: the
     dequantize itself, or (K padded) its pad block with the dequantize inlined."""
@@ -385,40 +401,6 @@ def _inline_into_weight_pad(sch: s_tir.Schedule, mm):
 def _read_index(sch: s_tir.Schedule, block, producer) -> int:
     written = sch.get(producer).writes[0].source
     return next(i for i, r in enumerate(sch.get(block).reads) if r.source.same_as(written))
-
-
-def _fill_x_tile(sch: s_tir.Schedule, x_shared, ko, tile: TensorCoreTile,
-                 info: DequantMatmul) -> None:
-    """x [BM, BK] -> shared with 16-byte loads where K keeps rows 16-byte aligned."""
-    sch.compute_at(x_shared, ko, preserve_unit_loops=True)
-    fused = sch.fuse(*sch.get_loops(x_shared)[-3:])
-    vec = next(v for v in (8, 4, 2, 1) if info.k % v == 0)
-    _, tz, ty, tx, v = sch.split(fused, [None, tile.warps_m, tile.warps_n, WARP, vec])
-    _bind_threads(sch, tz, ty, tx)
-    sch.vectorize(v)
-    # Row stride BK + 8 halves: a multiple of 16 bytes (wmma's ldm rule) that spreads the
-    # rows of a fragment load over the banks (BK halves alone is a multiple of 128 bytes).
-    sch.storage_align(x_shared, 0, axis=-2, factor=16, offset=8)
-
-
-def _fill_weight_tile(sch: s_tir.Schedule, deq, ko, tile: TensorCoreTile,
-                      info: DequantMatmul) -> None:
-    """The dequantize block fills the [BN, BK] float16 shared tile, one word per thread step."""
-    sch.set_scope(deq, 0, SHARED)  # before compute_at: shared regions span the block's threads
-    sch.compute_at(deq, ko, preserve_unit_loops=True)
-    dn, dk = sch.get_loops(deq)[-2:]
-    dk_word, dk_code = sch.split(dk, [None, info.epw])
-    fused = sch.fuse(dn, dk_word)
-    _, tz, ty, tx = sch.split(fused, [None, tile.warps_m, tile.warps_n, WARP])
-    _bind_threads(sch, tz, ty, tx)
-    sch.unroll(dk_code)
-    sch.storage_align(deq, 0, axis=-2, factor=16, offset=8)
-
-
-def _bind_threads(sch: s_tir.Schedule, tz, ty, tx) -> None:
-    sch.bind(tz, "threadIdx.z")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
 
 
 def _fold_epilogue(sch: s_tir.Schedule, out_shared) -> None:
