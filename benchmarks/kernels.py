@@ -26,10 +26,8 @@ Without torch, TVM's ``time_evaluator`` (C++ loop, no rotation; marked in the re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
 import re
 import sys
@@ -43,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from desv_export.engine import cuda_jit  # noqa: E402  (runtime-safe)
 from desv_export.modes import MODES, get_mode  # noqa: E402  (pure Python, runtime-safe)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -128,6 +127,9 @@ def kernel_table(models, modes, batches, schedules=SCHEDULES) -> list[KernelSpec
 def _dlight_rules():
     from tvm.s_tir import dlight as dl
 
+    from tvm_schedules.intrinsics import cuda_tensor_intrinsics
+
+    cuda_tensor_intrinsics()  # dlight's Matmul tensorizes with them; imported the fast way first
     return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             dl.gpu.Fallback()]
 
@@ -177,7 +179,6 @@ def build(out: Path, arch: str, models, modes, batches, schedules=SCHEDULES,
     import tvm
 
     from desv_export.atomic import atomic_dir
-    from tvm_schedules.cpu_check import nvcc_compile
 
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
     specs = kernel_table(models, modes, batches, schedules)
@@ -198,12 +199,9 @@ def build(out: Path, arch: str, models, modes, batches, schedules=SCHEDULES,
             with target:
                 lib = tvm.compile(tvm.IRModule(funcs), target=target)
             lib.export_library(str(tmp / f"{model}.{mode}.so"))
-            # TVM 0.27 keeps CUDA *source* in the library and compiles it when the library is
-            # loaded (tvm_callback_cuda_compile: nvrtc or nvcc on the GPU machine). Compile it
-            # here instead; ``run`` hands the binary back to the loader.
-            source = "\n".join(m.inspect_source() for m in lib.mod.imports_ if m.kind == "cuda")
-            digest = hashlib.sha256(source.encode()).hexdigest()
-            nvcc_compile(source, arch, tmp / f"{digest}.fatbin", fmt="fatbin")
+            # The library holds CUDA source that is compiled when it is loaded; compile it here
+            # into the binary cache ``run`` answers that compile from (engine/cuda_jit.py).
+            cuda_jit.precompile(lib.mod, arch, tmp)
             log(f"built {model} {mode}: {len(group)} kernels in {time.time() - t0:.1f}s")
         manifest = {
             "arch": arch,
@@ -319,10 +317,13 @@ def run(kernels: Path, results_dir: Path = RESULTS, launches: int = 200,
     """Time every kernel of a built manifest on GPU 0; write JSON + markdown; return results."""
     import tvm
 
+    from desv_export.engine.library import load_cuda_runtime
+
+    load_cuda_runtime()  # runtime-only TVM (the GPU machine) does not load it on import
     torch = _torch_cuda()
     dev = tvm.cuda(0)
     manifest = json.loads((kernels / "manifest.json").read_text())
-    use_prebuilt_binaries(kernels, log)
+    cuda_jit.install(cache=kernels)  # the binaries `build` made; nvcc here for any other GPU
     gpu = gpu_name(torch)
     copy_gbs = copy_bandwidth(dev, torch)
     log(f"{gpu}: device copy {copy_gbs:.0f} GB/s; timer "
@@ -375,32 +376,6 @@ def run(kernels: Path, results_dir: Path = RESULTS, launches: int = 200,
     }
     write_results(result, results_dir)
     return result
-
-
-def use_prebuilt_binaries(kernels: Path, log=print) -> None:
-    """Answer TVM's load-time CUDA compile with the fatbins ``build`` made (keyed by the
-    source's sha256), so the GPU machine needs neither nvcc nor nvrtc; unknown sources go to
-    TVM's own callback when it is importable."""
-    import tvm_ffi
-
-    fallback = None
-    try:
-        import tvm.support.nvcc as tvm_nvcc
-
-        fallback = tvm_nvcc.tvm_callback_cuda_compile
-    except Exception:  # noqa: BLE001  runtime-only TVM may lack it
-        pass
-
-    def compile_cuda(code, *rest):
-        path = kernels / f"{hashlib.sha256(str(code).encode()).hexdigest()}.fatbin"
-        if path.exists():
-            return bytearray(path.read_bytes())
-        if fallback is None:
-            raise RuntimeError(f"no pre-built binary for a CUDA module and no compiler: {path}")
-        log(f"compiling a CUDA module at load time (no {path.name})")
-        return fallback(code)
-
-    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:

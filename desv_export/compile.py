@@ -38,6 +38,8 @@ from tvm import relax, tirx
 from tvm.ir import IRModule
 
 from .atomic import atomic_file
+from .engine import cuda_jit
+from .engine.library import gpu_visible
 from .engine.weight_dir import WeightDir, read_weight_dir
 from .errors import UserError
 from .modes import get_mode
@@ -63,14 +65,6 @@ class CompileResult:
 
 
 # --- targets -------------------------------------------------------------------------------------
-
-
-def gpu_visible() -> bool:
-    """True when a CUDA device is usable (the compiler's runtime sees it)."""
-    try:
-        return bool(tvm.cuda(0).exist)
-    except Exception:  # noqa: BLE001 - no CUDA runtime at all
-        return False
 
 
 def host_cpu_target() -> tvm.target.Target:
@@ -351,13 +345,15 @@ def compile_model(
     context_window_size: int | None = None,
     prefill_chunk_size: int | None = None,
     force: bool = False,
+    cuda_cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CompileResult:
     """Build ``output`` (.so) from an MLC weight directory; return what was built and its sizes.
 
     ``context_window_size`` / ``prefill_chunk_size`` / ``max_batch_size`` override
     mlc-chat-config.json (MLC's ``--overrides``); the library's ``_metadata`` records the values
-    used and the engine follows them.
+    used and the engine follows them. ``cuda_cache``: also compile a CUDA library's kernels with
+    nvcc into that binary cache (engine/cuda_jit.py), so a GPU machine loads them uncompiled.
     """
     t0 = time.perf_counter()
     output = Path(output)
@@ -439,6 +435,11 @@ def compile_model(
     with atomic_file(output, force=True) as tmp:
         ex.export_library(str(tmp))
     stages["export_library"] = time.perf_counter() - t3
+    if cuda_cache is not None and not is_cpu:
+        t4 = time.perf_counter()
+        binary = cuda_jit.precompile(ex.mod, str(tgt.attrs["arch"]), cuda_cache)
+        stages["nvcc"] = time.perf_counter() - t4
+        log(f"Compiled the kernels with nvcc into {binary}")
 
     param_bytes = sum(_nbytes(p["shape"], p["dtype"]) for p in params)
     temp_bytes = max(metadata["memory_usage"].values(), default=0)

@@ -14,15 +14,15 @@ benchmarks/kernels.py.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
 import tvm
 from tvm import tirx
 from tvm.script import parser
+
+from desv_export.engine import cuda_jit
 
 _THREAD_BINDING = re.compile(r'T\.thread_binding\((.*?), thread="[^"]*"\)')
 
@@ -45,8 +45,7 @@ def build_cpu(func_or_mod) -> tvm.runtime.Module:
 
 def cuda_source(mod: tvm.IRModule, target: tvm.target.Target) -> str:
     """CUDA C++ of a scheduled module, generated without a GPU (TVM's codegen needs none)."""
-    lib = tvm.compile(mod, target=target)
-    return "\n".join(m.inspect_source() for m in lib.mod.imports_ if m.kind == "cuda")
+    return cuda_jit.library_cuda_source(tvm.compile(mod, target=target).mod)
 
 
 def nvcc_compile(source: str, arch: str, out: Path | None = None, fmt: str = "cubin") -> Path:
@@ -55,16 +54,8 @@ def nvcc_compile(source: str, arch: str, out: Path | None = None, fmt: str = "cu
     This is what proves the generated code is valid CUDA for that architecture (vector types,
     shuffles, half arithmetic) on a machine without a GPU.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="desv_nvcc_"))
-    src = tmp / "kernel.cu"
-    src.write_text(source)
-    out = out or tmp / f"kernel.{fmt}"
-    cmd = ["nvcc", f"-{fmt}", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
-                          check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nvcc failed for {arch}:\n{proc.stderr[-4000:]}")
-    return out
+    out = out or Path(tempfile.mkdtemp(prefix="desv_nvcc_")) / f"kernel.{fmt}"
+    return cuda_jit.nvcc(source, arch, out, fmt)
 
 
 def has_thread_bindings(func: tirx.PrimFunc) -> bool:

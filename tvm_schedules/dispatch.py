@@ -10,6 +10,8 @@ waste most of their work on one to eight rows. ``LowBatchDispatch`` builds, as M
 * rows <= 8: dlight's ``LowBatchGEMV(4)``;
 * otherwise: our ``DequantGEMM``.
 
+Where K does not fill its last packed word (most 3-bit shapes), ``DequantGEMM`` takes all rows.
+
 All three schedules come from the same PrimFunc, so they share its parameter buffers and the
 branches can be joined under one root block; the condition is marked thread-invariant so the
 branch is hoisted out of the kernels (one launch per call, as in MLC).
@@ -49,6 +51,12 @@ class LowBatchDispatch(dl.ScheduleRule):
         info = match_dequant_matmul(func)
         rows = _row_var(func)
         if info is None or rows is None or isinstance(info.batch, int):
+            return None
+        if info.words * info.epw != info.k:
+            # K ends inside a packed word (3-bit: K = 4096 is 409.6 words). Joined into one
+            # function, the branches then keep row-sized local buffers that TVM 0.27 does not
+            # compact, and CUDA codegen rejects them ("constant size stack allocation"; each
+            # branch alone builds): DequantGEMM takes every row count of such a matmul.
             return None
         gemm = DequantGEMM().apply(func, target, tunable)
         if gemm is None:

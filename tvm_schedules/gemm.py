@@ -34,6 +34,7 @@ from tvm.ir.prim.expr import IntImm
 from tvm.target import Target
 
 from .analysis import DequantMatmul, DequantMatmulRule, is_cuda, sm_version, static_batch
+from .intrinsics import cuda_tensor_intrinsics
 
 
 def _next_pow2(x: int) -> int:
@@ -246,11 +247,9 @@ def _is_one(extent) -> bool:
 
 def _wmma_group(out_dtype: str) -> dict[str, str]:
     """TVM's registered wmma intrinsics: A [16, 16] and B^T [16, 16] loaded from shared
-    memory, the accumulator stored back to shared. Imported here: the module registers every
-    CUDA intrinsic on import (~25-50 s), which only tensor-core builds should pay."""
-    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group  # pylint: disable=import-outside-toplevel
-
-    return get_wmma_intrin_group(load_scope=SHARED, store_scope=ACC_SHARED,
+    memory, the accumulator stored back to shared. Imported here, when a tensor-core build asks
+    (``cuda_tensor_intrinsics`` says why that import needs care)."""
+    return cuda_tensor_intrinsics().get_wmma_intrin_group(load_scope=SHARED, store_scope=ACC_SHARED,
                                  in_dtype="float16", out_dtype=out_dtype, trans_b=True)
 
 
@@ -441,8 +440,9 @@ class DequantGEMM(DequantMatmulRule):
         self.tensor_cores = tensor_cores
 
     def accepts(self, batch: int | None, info: DequantMatmul) -> bool:
-        # N tiles are whole (true of every LLaMA projection); otherwise dlight takes it.
-        return (batch is None or batch >= self.min_batch) and info.n % 64 == 0
+        # N tiles are whole (true of every LLaMA projection) and x tiles float16; otherwise
+        # (an odd N, ``compile --dtype float32``) dlight takes it.
+        return (batch is None or batch >= self.min_batch) and info.n % 64 == 0 and info.x_buffer.dtype == "float16"
 
     def schedule(self, func: tirx.PrimFunc, info: DequantMatmul, target: Target) -> s_tir.Schedule | None:
         """Tensor cores where the target has them and the shape fits, else CUDA cores."""

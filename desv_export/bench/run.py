@@ -1,6 +1,9 @@
 """The deployment benchmark: for each mode export (or synthesize), compile, generate, measure.
 
 Rows are measured one process each (``worker.py``) so each row's running memory is its own.
+Measuring needs only TVM's runtime: libraries compiled beforehand (``build_libraries``, the
+``--compile-only`` run) are reused, and the compiler and exporter are imported only when a
+library or a weight directory has to be built here.
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..engine.library import gpu_visible
 from ..errors import UserError
 from ..mlc.tensor_cache import read_index
 from ..modes import get_mode
+from .libraries import ensure_library, library_path
 from .presets import SYNTHETIC
 from .timing import copy_bandwidth_cpu, copy_bandwidth_cuda
 
@@ -77,6 +84,104 @@ def environment(device: str, bandwidth: float) -> dict:
     return env
 
 
+@dataclass
+class _Source:
+    """What the modes are built from: a synthetic preset, an HF directory or one weight dir."""
+
+    name: str  # the report's model name
+    modes: tuple[str, ...]
+    config: dict | None  # config.json (preset or HF directory); None for an exported weight dir
+    vocab_size: int
+    synthetic: str | None = None
+    path: Path | None = None
+
+    def weight_dir(self, mode: str, work: Path, seed: int, *, shards: bool = True) -> Path:
+        """The weight directory of ``mode``: written (synthetic), exported (HF) or given."""
+        if self.synthetic is not None:
+            from .synthetic import write_synthetic
+
+            return write_synthetic(self.synthetic, mode, work / mode, seed=seed, shards=shards)
+        if self.config is None:
+            return self.path
+        from ..export import export_model
+
+        return export_model(self.path, work / mode, mode, force=True)
+
+
+def _source(source: Path | None, synthetic: str | None, modes: tuple[str, ...]) -> _Source:
+    if (source is None) == (synthetic is None):
+        raise UserError("pass either a model directory or --synthetic NAME, not both")
+    for m in modes:
+        get_mode(m)
+    if synthetic is not None:
+        if synthetic not in SYNTHETIC:
+            raise UserError(f"--synthetic {synthetic} is not a preset; choose one of {', '.join(SYNTHETIC)}")
+        config = SYNTHETIC[synthetic]
+        return _Source(f"synthetic {synthetic}", modes, config, config["vocab_size"], synthetic=synthetic)
+    source = Path(source)
+    if (source / "mlc-chat-config.json").is_file():  # an exported weight directory: its one mode
+        cfg = json.loads((source / "mlc-chat-config.json").read_text())
+        return _Source(source.name, (cfg["quantization"],), None, cfg["vocab_size"], path=source)
+    from ..hf import read_config
+
+    config = read_config(source)
+    return _Source(source.name, modes, config, config["vocab_size"], path=source)
+
+
+def _target(target: str, arch: str | None) -> str:
+    """``auto`` resolved with TVM's runtime only (cuda when a GPU is visible)."""
+    if target == "auto":
+        target = "cuda" if gpu_visible() else "llvm"
+    if arch and target != "cuda":
+        raise UserError("--arch applies only to --target cuda")
+    return target
+
+
+def _dirs(out_dir: Path, libs_dir: Path | None) -> tuple[Path, Path]:
+    """(OUT/work: the weight directories, the libraries' directory: --libs, default OUT/work)."""
+    work = Path(out_dir) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return work, Path(libs_dir) if libs_dir is not None else work
+
+
+def _sizes(prompt_len: int, gen_len: int) -> dict[str, int]:
+    """The library sized for this run (MLC's --overrides): the KV cache and temporaries then hold
+    what the benchmark's prompt and generation need, and no more."""
+    return {"context_window_size": prompt_len + gen_len, "prefill_chunk_size": prompt_len}
+
+
+def build_libraries(
+    *,
+    out_dir: Path,
+    source: Path | None = None,
+    synthetic: str | None = None,
+    modes: tuple[str, ...] = DEFAULT_MODES,
+    target: str = "auto",
+    arch: str | None = None,
+    prompt_len: int = 128,
+    gen_len: int = 256,
+    libs_dir: Path | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """``--compile-only``: every mode's library in ``libs_dir`` (default OUT/work), reused or
+    compiled, for a later run (on a GPU machine with TVM's runtime only) to measure.
+
+    Synthetic weights are written without their shards (a 7B model's are 4-13 GB a mode),
+    in a temporary directory: compiling reads only their names, shapes and dtypes.
+    """
+    src = _source(source, synthetic, modes)
+    target = _target(target, arch)
+    work, libs = _dirs(out_dir, libs_dir)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix=".metadata-only-", dir=work) as tmp:
+        for mode in src.modes:
+            wdir = src.weight_dir(mode, Path(tmp) if src.synthetic else work, seed, shards=False)
+            built[mode] = ensure_library(wdir, library_path(libs, mode, target), target=target, arch=arch,
+                                         log=log, **_sizes(prompt_len, gen_len))
+    return built
+
+
 def run_bench(
     *,
     out_dir: Path,
@@ -90,60 +195,36 @@ def run_bench(
     runs: int = 3,
     warmup: int = 1,
     baselines: tuple[str, ...] = BASELINES,
+    libs_dir: Path | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure every mode and the HF baseline; return the result dict (the report's source)."""
-    from ..compile import compile_model, gpu_visible
-    from ..export import export_model
-    from .synthetic import write_synthetic
+    """Measure every mode and the HF baseline; return the result dict (the report's source).
 
-    if (source is None) == (synthetic is None):
-        raise UserError("pass either a model directory or --synthetic NAME, not both")
-    for m in modes:
-        get_mode(m)
+    Each mode's library is ``libs_dir``/<mode>-<target>.so (default OUT/work), reused when it
+    fits the run (``libraries.misfit``); TVM's compiler is imported only to build one that does not.
+    """
+    src = _source(source, synthetic, modes)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise UserError(f"--baselines {','.join(sorted(unknown))} is not one of {', '.join(BASELINES)}")
-    if target == "auto":
-        target = "cuda" if gpu_visible() else "llvm"
+    target = _target(target, arch)
     device = "cuda" if target == "cuda" else "cpu"
-    work = Path(out_dir) / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    if device == "cuda" and not gpu_visible():
+        raise UserError("--target cuda measures on a GPU and none is visible here; pass --compile-only "
+                        "to build the libraries only (--libs DIR), and measure them on a GPU machine")
+    work, libs = _dirs(out_dir, libs_dir)
 
-    if synthetic is not None:
-        if synthetic not in SYNTHETIC:
-            raise UserError(f"--synthetic {synthetic} is not a preset; choose one of {', '.join(SYNTHETIC)}")
-        config, name = SYNTHETIC[synthetic], f"synthetic {synthetic}"
-    else:
-        source = Path(source)
-        if (source / "mlc-chat-config.json").is_file():  # an exported weight directory: its one mode
-            cfg = json.loads((source / "mlc-chat-config.json").read_text())
-            modes, config = (cfg["quantization"],), None
-        else:
-            from ..hf import read_config
-
-            config = read_config(source)
-        name = source.name
-    vocab = (config or {}).get("vocab_size") or cfg["vocab_size"]
     rng = np.random.default_rng(seed)
-    prompt_ids = [int(x) for x in rng.integers(3, vocab, prompt_len)]
+    prompt_ids = [int(x) for x in rng.integers(3, src.vocab_size, prompt_len)]
     common = {"device": device, "prompt_ids": prompt_ids, "gen_len": gen_len, "runs": runs, "warmup": warmup}
 
     bandwidth = copy_bandwidth_cuda() if device == "cuda" else copy_bandwidth_cpu()
     rows = []
-    for mode in modes:
-        if synthetic is not None:
-            wdir = write_synthetic(synthetic, mode, work / mode, seed=seed)
-        elif config is None:
-            wdir = source
-        else:
-            wdir = export_model(source, work / mode, mode, force=True)
-        lib = work / f"{mode}-{target}.so"
-        # Size the library for this run (MLC's --overrides): the KV cache and temporaries
-        # then hold what the benchmark's prompt and generation need, and no more.
-        compile_model(wdir, lib, target=target, arch=arch, force=True, context_window_size=prompt_len + gen_len,
-                      prefill_chunk_size=prompt_len, log=log)
+    for mode in src.modes:
+        wdir = src.weight_dir(mode, work, seed)
+        lib = ensure_library(wdir, library_path(libs, mode, target), target=target, arch=arch, log=log,
+                             **_sizes(prompt_len, gen_len))
         log(f"Measuring {mode} ...")
         r = _worker({**common, "kind": "library", "weight_dir": str(wdir), "model_lib": str(lib)})
         wm, read_per_token = weight_bytes(wdir)
@@ -153,11 +234,11 @@ def run_bench(
         log(f"  {mode}: prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
     for baseline in baselines:
         log(f"Measuring the {baseline} baseline ...")
-        if synthetic is None and config is None:
+        if src.config is None:
             log("  (skipped: an exported weight directory has no HF checkpoint to compare)")
             continue
         spec = {**common, "kind": "hf", "int4": baseline == "torch-int4"}
-        spec |= {"hf_config": config} if synthetic is not None else {"hf_dir": str(source)}
+        spec |= {"hf_config": src.config} if src.synthetic is not None else {"hf_dir": str(src.path)}
         r = _worker(spec)
         label = f"HF transformers ({r['dtype']})"
         bits = "FP16" if device == "cuda" else "FP32"
@@ -167,7 +248,7 @@ def run_bench(
         rows.append({"mode": label, "bits": bits, "bytes_per_token": r["wm_bytes"],
                      "roofline_pct": 100.0 * r["wm_bytes"] / bandwidth * r["decode_tok_s"], **r})
     return {
-        "model": name, "target": target, "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
+        "model": src.name, "target": target, "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
         "warmup": warmup, "rm_method": rows[0]["rm_method"], "environment": environment(device, bandwidth),
         "rows": rows,
     }

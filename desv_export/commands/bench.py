@@ -24,20 +24,36 @@ from ..bench.run import BASELINES, DEFAULT_MODES
               help="Comma-separated baseline rows: hf (transformers generate), torch-int4 (the same "
                    "with torch's int4 weight-only matmul); empty for none.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report directory.")
-def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, baselines, out_dir) -> None:
+@click.option("--libs", "libs_dir", default=None, type=click.Path(path_type=Path),
+              help="Directory of the model libraries, <mode>-<target>.so: each one that fits the run "
+                   "(target, arch, weights, context window) is reused, the others are compiled there. "
+                   "[default: OUT/work]")
+@click.option("--compile-only", is_flag=True,
+              help="Compile (or reuse) every mode's library into --libs and stop: nothing is measured, "
+                   "and synthetic weights are not written (compiling reads only their shapes).")
+def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, baselines, out_dir, libs_dir,
+          compile_only) -> None:
     """Weight memory, running memory, prefill and decode tok/s per mode, beside the baselines.
 
     MODEL is an HF directory (exported in each mode), or an exported weight directory (its one
-    mode); or pass --synthetic NAME. Writes OUT/<name>.md, .json and .png.
+    mode); or pass --synthetic NAME. Writes OUT/<name>.md, .json and .png. To measure on a
+    machine with TVM's runtime only, build the libraries first where the compiler is
+    (--compile-only --libs DIR; --target cuda --arch sm_90 needs no GPU) and pass --libs DIR.
     """
     from ..bench import report
-    from ..bench.run import run_bench
+    from ..bench.run import build_libraries, run_bench
 
-    result = run_bench(
+    common = dict(
         out_dir=out_dir, source=model, synthetic=synthetic,
         modes=tuple(m.strip() for m in modes.split(",") if m.strip()), target=target, arch=arch,
-        prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup,
-        baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()), log=lambda s: click.echo(s, err=True),
+        prompt_len=prompt_len, gen_len=gen_len, libs_dir=libs_dir, log=lambda s: click.echo(s, err=True),
+    )
+    if compile_only:
+        for lib in build_libraries(**common).values():
+            click.echo(lib)
+        return
+    result = run_bench(
+        **common, runs=runs, warmup=warmup, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
     )
     stem = f"deploy_{(synthetic or Path(model).name)}_{result['target']}"
     paths = report.write(result, out_dir, stem)

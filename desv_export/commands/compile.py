@@ -22,14 +22,17 @@ import click
 @click.option("--context-window-size", type=int, default=None, help="Override mlc-chat-config.json.")
 @click.option("--prefill-chunk-size", type=int, default=None, help="Override mlc-chat-config.json.")
 @click.option("--max-batch-size", type=int, default=None, help="Override mlc-chat-config.json.")
+@click.option("--cuda-cache", type=click.Path(path_type=Path), default=None,
+              help="cuda: also compile the kernels with nvcc into this directory; on the GPU machine "
+                   "point DESV_EXPORT_CUDA_CACHE at it and the library loads without compiling.")
 @click.option("--force", is_flag=True, help="Overwrite an existing library.")
 def compile_(weight_dir, target, arch, output, dtype, schedules, context_window_size, prefill_chunk_size,
-             max_batch_size, force) -> None:
+             max_batch_size, cuda_cache, force) -> None:
     """Compile WEIGHT_DIR (from `desv-export export`) into a model library for MLC-LLM's interface."""
     from desv_export.compile import compile_model
 
     compile_model(
         weight_dir, output, target=target, arch=arch, dtype=dtype, schedules=schedules,
         context_window_size=context_window_size, prefill_chunk_size=prefill_chunk_size,
-        max_batch_size=max_batch_size, force=force, log=lambda m: print(m, file=sys.stderr),
+        max_batch_size=max_batch_size, cuda_cache=cuda_cache, force=force, log=lambda m: print(m, file=sys.stderr),
     )

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+from tvm.runtime.vm import VirtualMachine  # not imported by `import tvm` in runtime-only mode
 from tvm_ffi import Shape
 
 from ..errors import UserError
+from . import cuda_jit
 from .weight_dir import WeightDir, check_params_match, read_weight_dir
 
 KV_PAGE_SIZE = 16
@@ -40,6 +42,41 @@ def use_all_cores() -> int:
 
 def _global(name: str):
     return tvm.get_global_func(name)
+
+
+def runtime_only() -> bool:
+    """True when this TVM has no compiler (runtime-only wheel, or TVM_USE_RUNTIME_LIB=1)."""
+    return bool(tvm.base._RUNTIME_ONLY)
+
+
+def load_cuda_runtime() -> bool:
+    """Load TVM's CUDA runtime (libtvm_runtime_cuda.so) if ``import tvm`` did not; True if loaded.
+
+    ``import tvm`` loads it through the CUDA backend's Python hook, which it skips in
+    runtime-only mode (no libtvm_compiler.so, or TVM_USE_RUNTIME_LIB=1): without this, a GPU
+    machine that carries only TVM's runtime sees no GPU and cannot load a CUDA library. False
+    where it cannot load (no NVIDIA driver: it links libcuda.so.1).
+    """
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    if "tvm_runtime_cuda" not in _LOADED_LIBS:
+        runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+                "tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[runtime_dir]
+            )
+        except (OSError, RuntimeError):
+            return False
+    return True
+
+
+def gpu_visible() -> bool:
+    """True when a CUDA device is usable by TVM's runtime (``--target auto`` picks cuda then)."""
+    try:
+        return load_cuda_runtime() and bool(tvm.cuda(0).exist)
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return False
 
 
 def resolve_device(device: str, lib_target: str, lib_name: str) -> tvm.runtime.Device:
@@ -68,6 +105,8 @@ def resolve_device(device: str, lib_target: str, lib_name: str) -> tvm.runtime.D
 
 def load_library(model_lib: Path) -> tvm.runtime.Module:
     """Load a .so; a CUDA library on a TVM without CUDA support is reported as such."""
+    if load_cuda_runtime():
+        cuda_jit.install()  # a CUDA library's kernels are compiled as it loads
     try:
         return tvm.runtime.load_module(str(model_lib))
     except Exception as e:  # noqa: BLE001
@@ -91,7 +130,7 @@ class ModelLibrary:
         self.weight_dir: WeightDir = read_weight_dir(weight_dir)
         self.module = load_library(model_lib)
         # The metadata is a VM function; a CPU VM can read it whatever the library's target.
-        cpu_vm = tvm.runtime.vm.VirtualMachine(self.module, tvm.cpu(0))
+        cpu_vm = VirtualMachine(self.module, tvm.cpu(0))
         try:
             self.metadata = json.loads(cpu_vm["_metadata"]())
         except Exception:  # noqa: BLE001
@@ -100,7 +139,7 @@ class ModelLibrary:
         self.target = ours.get("target", "llvm")
         self.device = resolve_device(device, self.target, model_lib.name)
         check_params_match(self.weight_dir, self.metadata["params"], model_lib.name)
-        self.vm = cpu_vm if self.target == "llvm" else tvm.runtime.vm.VirtualMachine(self.module, self.device)
+        self.vm = cpu_vm if self.target == "llvm" else VirtualMachine(self.module, self.device)
         self.dtype = ours.get("dtype", "float16")
         self.prefill_chunk_size = int(self.metadata["prefill_chunk_size"])
         self.context_window_size = int(self.metadata["context_window_size"])

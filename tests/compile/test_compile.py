@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -84,6 +85,21 @@ def test_cuda_library_builds_without_gpu(tmp_path, build_root, tiny_llama_dir, a
     meta, _ = json.JSONDecoder().raw_decode(blob[blob.index(b'{"model_type"'):].decode("latin-1"))
     assert meta["desv_export"]["target"] == "cuda" and meta["desv_export"]["arch"] == arch
     assert meta["desv_export"]["dtype"] == "float16"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_cache_holds_the_kernels_binary(tmp_path, build_root, tiny_llama_dir):
+    """--cuda-cache: nvcc compiles the library's kernels here, for the GPU machine to load
+    without compiling (engine/cuda_jit.py answers TVM's load-time compile from it)."""
+    wd = L.weight_dir(build_root, tiny_llama_dir, "q3f16_g128asym")
+    cache = tmp_path / "cuda-cache"
+    args = ["compile", str(wd), "--target", "cuda", "--arch", "sm_90", "-o", str(tmp_path / "lib.so"),
+            "--cuda-cache", str(cache)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (binary,) = cache.iterdir()
+    assert binary.name.endswith("-sm_90.fatbin") and binary.read_bytes()[:4] == bytes.fromhex("50ed55ba")
+    assert str(binary) in result.output
 
 
 def test_cuda_library_without_gpu_is_a_clear_error(build_root, tiny_llama_dir):

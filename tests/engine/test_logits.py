@@ -61,9 +61,6 @@ def test_q0f16_matches_hf_transformers(build_root, tiny_llama_dir):
 
 
 def test_untied_lm_head_matches_hf(build_root, tiny_llama_untied_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
     wd = L.weight_dir(build_root, tiny_llama_untied_dir, "q4f16_g32asym")
     lib = ModelLibrary(wd, L.library(build_root, wd), "cpu")
     assert any(p["name"] == "lm_head.weight" for p in lib.metadata["params"])

@@ -56,6 +56,15 @@ def test_the_pipeline_dispatches_symbolic_rows_only():
     assert LowBatchDispatch().apply(static, tvm_llvm(), False) is None
 
 
+def test_k_inside_a_packed_word_is_left_to_the_gemm():
+    """3-bit K = 4096 is 409.6 words: joined with dlight's LowBatchGEMV branches, such a matmul
+    did not build for CUDA in a model (tiny LLaMA q3 libraries: "constant size stack
+    allocation"), so the dispatch declines it; tests/compile builds a 3-bit CUDA library."""
+    rows = tirx.Var("seq_len", "int64")
+    assert LowBatchDispatch().apply(dequant_matmul("q3f16_g128asym", 4096, 4096, seq=rows), TARGET, False) is None
+    assert LowBatchDispatch().apply(dequant_matmul("q3f16_g128asym", 4096, 3840, seq=rows), TARGET, False) is not None
+
+
 def tvm_llvm():
     import tvm
 

@@ -72,6 +72,9 @@ def test_rules_decline_what_is_not_theirs(sm90):
     assert all(rule.apply(plain, sm90, False) is None for rule in cuda_rules())
     # GEMM tiles need whole 64-row N tiles; otherwise dlight's Matmul takes it.
     assert DequantGEMM().apply(dequant_matmul("q4f16_1", 96, 256, seq=_seq()), sm90) is None
+    # float32 activations (compile --dtype float32 on cuda): the GEMM stages float16 x tiles.
+    f32 = dequant_matmul("q2f16_g128asym", 256, 1280, seq=_seq(), x_dtype="float32", out_dtype="float32")
+    assert DequantGEMM().apply(f32, sm90) is None
 
 
 def test_packing_facts_are_read_from_the_expression():
