@@ -106,8 +106,7 @@ def _write_index(params: list[_Param], weights: int, out: Path) -> None:
         records.append({"name": p.name, "shape": list(p.shape), "dtype": p.dtype,
                         "format": tensor_cache.ENCODE_FORMAT, "nbytes": p.nbytes, "byteOffset": offset})
         offset += p.nbytes
-    index = {"metadata": {"ParamSize": len(params), "ParamBytes": float(nbytes),
-                          "BitsPerParam": nbytes * 8.0 / weights if weights else 0.0},
+    index = {"metadata": tensor_cache.index_metadata(len(params), nbytes, weights),
              "records": [{"dataPath": None, "format": "raw-shard", "nbytes": nbytes, "records": records}]}
     (out / tensor_cache.INDEX_FILE).write_text(json.dumps(index, indent=2))
 

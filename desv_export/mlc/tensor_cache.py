@@ -47,6 +47,15 @@ class WriteStats:
     nbytes: int = 0
 
 
+def index_metadata(count: int, nbytes: int, source_params: int) -> dict:
+    """tensor-cache.json's ``metadata``: MLC's ParamSize, ParamBytes and BitsPerParam."""
+    return {
+        "ParamSize": count,
+        "ParamBytes": float(nbytes),
+        "BitsPerParam": nbytes * 8.0 / source_params if source_params else 0.0,
+    }
+
+
 def write_tensor_cache(
     params: Iterable[tuple[str, np.ndarray]],
     out_dir: Path,
@@ -69,12 +78,7 @@ def write_tensor_cache(
             yield name, arr
 
     def metadata() -> dict:
-        n = source_params()
-        return {
-            "ParamSize": stats.count,
-            "ParamBytes": float(stats.nbytes),
-            "BitsPerParam": stats.nbytes * 8.0 / n if n else 0.0,
-        }
+        return index_metadata(stats.count, stats.nbytes, source_params())
 
     # dump_tensor_cache prints its own progress lines; the exporter shows a tqdm bar instead.
     with contextlib.redirect_stdout(io.StringIO()):
