@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from desv_export.cli import main
+from desv_export.engine import cuda_jit
 from desv_export.errors import UserError
 from tests.engine import libraries as L
 
@@ -100,6 +101,33 @@ def test_cuda_cache_holds_the_kernels_binary(tmp_path, build_root, tiny_llama_di
     (binary,) = cache.iterdir()
     assert binary.name.endswith("-sm_90.fatbin") and binary.read_bytes()[:4] == bytes.fromhex("50ed55ba")
     assert str(binary) in result.output
+    # Its key is the source TVM's CUDA runtime will hand the compile callback when the library
+    # is loaded: the serialized cuda module's last field (length-prefixed), captured here by a
+    # stand-in loader (this machine has no CUDA runtime to load it).
+    blob = _serialized_cuda_module(tmp_path / "lib.so")
+    source = next(blob[p + 8:] for p in range(len(blob) - 8)
+                  if int.from_bytes(blob[p:p + 8], "little") == len(blob) - p - 8)
+    assert b"__global__" in source
+    assert cuda_jit.binary_path(source.decode(), "sm_90", cache) == binary
+
+
+def _serialized_cuda_module(lib) -> bytes:
+    import tvm
+    import tvm_ffi
+
+    loader, captured = "ffi.Module.load_from_bytes.cuda", []
+    previous = tvm_ffi.get_global_func(loader, allow_missing=True)
+    tvm_ffi.register_global_func(loader, lambda blob: captured.append(bytes(blob)) or tvm_ffi.system_lib(),
+                                 override=True)
+    try:
+        tvm.runtime.load_module(str(lib))
+    finally:
+        if previous is None:
+            tvm_ffi.registry.remove_global_func(loader)
+        else:
+            tvm_ffi.register_global_func(loader, previous, override=True)
+    (blob,) = captured
+    return blob
 
 
 def test_cuda_library_without_gpu_is_a_clear_error(build_root, tiny_llama_dir):
