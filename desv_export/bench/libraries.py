@@ -8,17 +8,16 @@ runtime alone; ``desv_export.compile`` (TVM's compiler) is imported only to buil
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import tvm
 import tvm_ffi
 from tvm.runtime.vm import VirtualMachine
 
 from ..engine import cuda_jit
-from ..engine.library import runtime_only
+from ..engine.library import cuda_loader_stand_in, runtime_only
 from ..engine.weight_dir import check_params_match, read_weight_dir
 from ..errors import UserError
 
@@ -26,37 +25,15 @@ from ..errors import UserError
 # against them (float32 compute on the CPU, float16 on the GPU; our CUDA schedules).
 DTYPES = {"llvm": "float32", "cuda": "float16"}
 SCHEDULES = "ours"
-_CUDA_LOADER = "ffi.Module.load_from_bytes.cuda"
 
 
 def library_path(libs_dir: Path, mode: str, target: str) -> Path:
     return Path(libs_dir) / f"{mode}-{target}.so"
 
 
-@contextlib.contextmanager
-def _cuda_kernels_placeholder() -> Iterator[None]:
-    """While loading, an empty module stands in for a CUDA library's kernels.
-
-    The kernels are an imported ``cuda`` module: TVM's CUDA runtime deserializes it only with
-    the NVIDIA driver present (libcuda.so.1), so on the CPU machine that compiled the library
-    ``load_module`` fails, and on a GPU it compiles the kernels' source as it loads. Reading
-    ``_metadata`` needs neither: it is VM bytecode that never touches the kernels. The loader
-    registered before (if any) is put back afterwards.
-    """
-    previous = tvm_ffi.get_global_func(_CUDA_LOADER, allow_missing=True)
-    tvm_ffi.register_global_func(_CUDA_LOADER, lambda _serialized: tvm_ffi.system_lib(), override=True)
-    try:
-        yield
-    finally:
-        if previous is None:
-            tvm_ffi.registry.remove_global_func(_CUDA_LOADER)
-        else:
-            tvm_ffi.register_global_func(_CUDA_LOADER, previous, override=True)
-
-
 def read_metadata(lib: Path) -> dict:
     """A library's ``_metadata`` (JSON), read with TVM's runtime only, whatever its target."""
-    with _cuda_kernels_placeholder():
+    with cuda_loader_stand_in(lambda _serialized: tvm_ffi.system_lib()):  # an empty module
         module = tvm.runtime.load_module(str(lib))
     return json.loads(VirtualMachine(module, tvm.cpu(0))["_metadata"]())
 

@@ -65,6 +65,14 @@ def visible_arch() -> str:
     return "sm_" + dev.compute_version.replace(".", "")
 
 
+def compiled(source: str, arch: str, cache: Path | None = None) -> Path:
+    """The cached binary of ``source`` for ``arch``, compiled with nvcc if it is not there yet."""
+    path = binary_path(source, arch, cache)
+    if not path.is_file():
+        nvcc(source, arch, path)
+    return path
+
+
 def install(cache: Path | None = None, arch: str | None = None) -> None:
     """Answer TVM's load-time CUDA compile from the cache, else with nvcc into the cache, else
     with the callback registered before (TVM's NVRTC path, which needs TVM's compiler). Call it
@@ -79,12 +87,10 @@ def install(cache: Path | None = None, arch: str | None = None) -> None:
     def compile_cuda(code, *target) -> bytearray:
         if not resolved:
             resolved.append(visible_arch())
-        path = binary_path(str(code), resolved[0], cache)
-        if not path.is_file():
-            if not nvcc_available() and previous is not None:
-                return previous(code, *target)
-            nvcc(str(code), resolved[0], path)
-        return bytearray(path.read_bytes())
+        cached = binary_path(str(code), resolved[0], cache).is_file()
+        if not cached and not nvcc_available() and previous is not None:
+            return previous(code, *target)
+        return bytearray(compiled(str(code), resolved[0], cache).read_bytes())
 
     tvm_ffi.register_global_func(name, compile_cuda, override=True)
 
@@ -107,7 +113,4 @@ def precompile(module, arch: str, cache: Path | None = None) -> Path:
     source = library_cuda_source(module)
     if not source:
         raise ValueError("the library has no CUDA kernels")
-    path = binary_path(source, arch, cache)
-    if not path.is_file():
-        nvcc(source, arch, path)
-    return path
+    return compiled(source, arch, cache)

@@ -8,12 +8,15 @@ decode through the KV-state builtins (``vm.builtin.kv_state_*``). ``tvm.runtime`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm.runtime.vm import VirtualMachine  # not imported by `import tvm` in runtime-only mode
 from tvm_ffi import Shape
 
@@ -22,6 +25,7 @@ from . import cuda_jit
 from .weight_dir import WeightDir, check_params_match, read_weight_dir
 
 KV_PAGE_SIZE = 16
+_CUDA_LOADER = "ffi.Module.load_from_bytes.cuda"
 _SEQ = 0  # the one sequence id this engine uses
 
 
@@ -47,6 +51,27 @@ def _global(name: str):
 def runtime_only() -> bool:
     """True when this TVM has no compiler (runtime-only wheel, or TVM_USE_RUNTIME_LIB=1)."""
     return bool(tvm.base._RUNTIME_ONLY)
+
+
+@contextlib.contextmanager
+def cuda_loader_stand_in(loader: Callable[[bytes], object]) -> Iterator[None]:
+    """While loading, ``loader`` deserializes a CUDA library's kernels (its imported ``cuda``
+    module) instead of TVM's CUDA runtime; the loader registered before (if any) is put back.
+
+    TVM's CUDA runtime deserializes them only with the NVIDIA driver present (libcuda.so.1), so
+    on the CPU machine that compiled the library ``load_module`` fails, and on a GPU it compiles
+    the kernels' source as it loads. Reading ``_metadata`` needs neither: it is VM bytecode that
+    never touches the kernels.
+    """
+    previous = tvm_ffi.get_global_func(_CUDA_LOADER, allow_missing=True)
+    tvm_ffi.register_global_func(_CUDA_LOADER, loader, override=True)
+    try:
+        yield
+    finally:
+        if previous is None:
+            tvm_ffi.registry.remove_global_func(_CUDA_LOADER)
+        else:
+            tvm_ffi.register_global_func(_CUDA_LOADER, previous, override=True)
 
 
 def load_cuda_runtime() -> bool:

@@ -115,17 +115,11 @@ def _serialized_cuda_module(lib) -> bytes:
     import tvm
     import tvm_ffi
 
-    loader, captured = "ffi.Module.load_from_bytes.cuda", []
-    previous = tvm_ffi.get_global_func(loader, allow_missing=True)
-    tvm_ffi.register_global_func(loader, lambda blob: captured.append(bytes(blob)) or tvm_ffi.system_lib(),
-                                 override=True)
-    try:
+    from desv_export.engine.library import cuda_loader_stand_in
+
+    captured = []
+    with cuda_loader_stand_in(lambda blob: captured.append(bytes(blob)) or tvm_ffi.system_lib()):
         tvm.runtime.load_module(str(lib))
-    finally:
-        if previous is None:
-            tvm_ffi.registry.remove_global_func(loader)
-        else:
-            tvm_ffi.register_global_func(loader, previous, override=True)
     (blob,) = captured
     return blob
 
