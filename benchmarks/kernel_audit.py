@@ -1,0 +1,162 @@
+"""Static audit of the GPU benchmark's kernels, ours and dlight's: no GPU needed, only nvcc.
+
+For every kernel ``benchmarks/kernels.py`` times (LLaMA-7B / 13B projections, every quantized
+mode, decode batches and prefill), it reports what nvcc makes of it for one architecture:
+registers, local memory (stack frame and spills), shared memory, global loads by width and
+int -> float16 conversions (``tvm_schedules/resources.py`` says why each matters). It is the
+part of the kernel table a machine without a GPU can produce, and it finds the defects that
+would cost bandwidth before a GPU session is spent on them; the timings stay with
+``kernels.py``.
+
+    python benchmarks/kernel_audit.py --arch sm_90                    # 7B, decode b1 + b4
+    python benchmarks/kernel_audit.py --arch sm_80 --models llama-7b,llama-13b --batches b1,b4,b16
+
+Writes ``benchmarks/results/kernel-audit-<arch>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.kernels import BATCHES, MODELS, QUANT_MODES, RESULTS, kernel_table, schedule_kernel  # noqa: E402
+from tvm_schedules.resources import cuobjdump  # noqa: E402
+
+
+def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
+    """One row per kernel: its spec and its resources (one nvcc run per model and mode)."""
+    import tvm
+
+    from tvm_schedules.cpu_check import cuda_source
+    from tvm_schedules.resources import kernel_resources
+
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
+    groups: dict[tuple[str, str], list] = {}
+    for spec in kernel_table(models, modes, batches):
+        groups.setdefault((spec.model, spec.mode), []).append(spec)
+    rows = []
+    for (model, mode), specs in groups.items():
+        t0 = time.time()
+        funcs = {}
+        for i, spec in enumerate(specs):
+            spec.symbol = f"k{i:04d}"
+            funcs[spec.symbol] = schedule_kernel(spec, target).with_attr("global_symbol", spec.symbol)
+        resources = kernel_resources(cuda_source(tvm.IRModule(funcs), target), arch)
+        for spec in specs:
+            res = resources[f"{spec.symbol}_kernel"]
+            rows.append({"id": spec.id, "model": model, "linear": spec.linear, "mode": mode,
+                         "batch_class": spec.batch_class, "schedule": spec.schedule,
+                         "rule": spec.rule, **asdict(res),
+                         "instructions_per_fma": res.instructions_per_fma})
+        log(f"{model} {mode}: {len(specs)} kernels in {time.time() - t0:.1f}s")
+    return rows
+
+
+def markdown(rows: list[dict], arch: str) -> str:
+    lines = [
+        f"# Kernel audit, {arch} (static: nvcc and ptxas -v, no GPU)",
+        "",
+        "Registers, local memory (stack frame / spill bytes), shared memory, global loads by",
+        "width (bits x static count in the PTX) and int -> float16 conversions of each kernel",
+        "`benchmarks/kernels.py` times. `tvm_schedules/resources.py` says why each matters;",
+        "these are not timings.",
+        "",
+    ]
+    local = [r for r in rows if r["stack_bytes"] or r["spill_bytes"]]
+    ours = [r for r in rows if r["schedule"] == "ours"]
+    lines += [
+        f"- {len(rows)} kernels; ours with local memory: "
+        f"{sum(1 for r in local if r['schedule'] == 'ours')} of {len(ours)}; "
+        f"dlight's: {sum(1 for r in local if r['schedule'] == 'dlight')} of {len(rows) - len(ours)}.",
+        f"- int -> float16 conversions: {sum(r['int_to_half'] for r in rows)} in all kernels.",
+        "- SASS (loop instr / FMA): " + ("read with cuobjdump." if cuobjdump() else
+                                         "not read (no cuobjdump; `pip install -e '.[audit]'`), shown as 0."),
+        "",
+        *summary(rows),
+        "",
+        "## Every kernel",
+        "",
+        "| model | linear | mode | batch | schedule | rule | regs | stack B | spill B | smem B | global loads | int->f16 | loop instr / FMA |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        loads = " ".join(f"{b}b x{n}" for b, n in sorted(r["global_loads"].items(), key=lambda kv: -int(kv[0])))
+        lines.append(f"| {r['model']} | {r['linear']} | {r['mode']} | {r['batch_class']} | {r['schedule']} "
+                     f"| {r['rule']} | {r['registers']} | {r['stack_bytes']} | {r['spill_bytes']} "
+                     f"| {r['shared_bytes']} | {loads} | {r['int_to_half']} "
+                     f"| {r['instructions_per_fma']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Per mode and batch: ours vs dlight, worst case over the model's projections."""
+    lines = [
+        "## Per mode (worst projection)",
+        "",
+        "Loop instr / FMA: SASS instructions of the main loop per float32 FMA, i.e. per weight",
+        "code and batch row; a decode GEMV issuing more per code than the GPU can issue while",
+        "its weights stream in is bound by instructions, not bandwidth (see docs/schedules.md).",
+        "",
+        "| mode | batch | ours: loop instr / FMA | dlight: loop instr / FMA | ours: max local B | ours: widest load |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    keys = sorted({(r["mode"], r["batch_class"]) for r in rows})
+    for mode, bc in keys:
+        group = {sched: [r for r in rows if (r["mode"], r["batch_class"], r["schedule"]) == (mode, bc, sched)]
+                 for sched in ("ours", "dlight")}
+        worst = {k: max((r["instructions_per_fma"] for r in v), default=0.0) for k, v in group.items()}
+        local = max((r["stack_bytes"] + r["spill_bytes"] for r in group["ours"]), default=0)
+        widest = min((max(map(int, r["global_loads"]), default=0) for r in group["ours"]), default=0)
+        lines.append(f"| {mode} | {bc} | {worst['ours']:.2f} | {worst['dlight']:.2f} | {local} | {widest} bits |")
+    return lines
+
+
+def write(rows: list[dict], arch: str, out: Path) -> tuple[Path, Path]:
+    import tvm
+
+    from desv_export.atomic import atomic_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / f"kernel-audit-{arch}.json", out / f"kernel-audit-{arch}.md"
+    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    with atomic_file(js) as tmp:
+        tmp.write_text(json.dumps({"arch": arch, "tvm": tvm.__version__, "nvcc": nvcc[-1] if nvcc else "",
+                                   "sass": cuobjdump() is not None, "kernels": rows}, indent=1))
+    with atomic_file(md) as tmp:
+        tmp.write_text(markdown(rows, arch))
+    return js, md
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--models", default="llama-7b", help=f"comma-separated: {', '.join(MODELS)}")
+    p.add_argument("--modes", default=",".join(QUANT_MODES))
+    p.add_argument("--batches", default="b1,b4", help=f"comma-separated: {', '.join(BATCHES)}")
+    p.add_argument("-o", "--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    models, modes, batches = (s.split(",") for s in (args.models, args.modes, args.batches))
+    for name, given, known in (("--models", models, MODELS), ("--modes", modes, QUANT_MODES),
+                               ("--batches", batches, BATCHES)):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            print(f"error: {name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+    rows = audit(args.arch, models, modes, batches)
+    for path in write(rows, args.arch, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""What nvcc makes of a kernel, read without a GPU: registers, local memory, load widths.
+
+A decode GEMV's speed is decided by things the compiled kernel shows before it ever runs:
+
+* **local memory** (ptxas' "stack frame" and spills): a register cache indexed by a value the
+  compiler cannot resolve (a scale whose group depends on the lane) lives in local memory, and
+  every access becomes an ``LDL`` / ``STL`` through L1;
+* **load width**: how many bytes one ``ld.global`` moves (a warp of 16-byte loads moves 512 B
+  per instruction, of 4-byte loads 128 B), which sets how many bytes each warp has in flight;
+* **int -> float16 conversions** (``cvt.rn.f16.u32``, SASS ``I2F``): they run in the
+  conversion pipe at a fraction of the ALU rate, one per weight code if the dequantize casts
+  codes (``desv_export/model/dequantize.py`` makes them with bit operations instead);
+* **registers**, which bound how many warps an SM keeps in flight.
+
+``kernel_resources`` compiles CUDA source with nvcc to PTX, assembles it with ``ptxas -v`` and
+reads both; ``benchmarks/kernel_audit.py`` tabulates it for every kernel of the GPU benchmark.
+Timings still need the GPU (``benchmarks/kernels.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from desv_export.engine import cuda_jit
+
+_TYPE_BITS = {"8": 8, "16": 16, "32": 32, "64": 64}
+_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[subf](8|16|32|64)\b")
+_INT_TO_HALF = re.compile(r"\bcvt\.rn\.f16\.[us](?:8|16|32|64)\b")
+
+
+@dataclass
+class KernelResources:
+    """One kernel's footprint as ptxas reports it and its PTX shows it."""
+
+    name: str
+    registers: int = 0
+    stack_bytes: int = 0  # local-memory frame: dynamically indexed arrays and spills
+    spill_bytes: int = 0  # spill stores + spill loads
+    shared_bytes: int = 0
+    global_loads: dict[int, int] = field(default_factory=dict)  # bits per load -> static count
+    int_to_half: int = 0  # int -> float16 conversions in the PTX
+    # The SASS of the main loop (the longest backward branch), when cuobjdump is at hand:
+    loop_instructions: int = 0
+    loop_mix: dict[str, int] = field(default_factory=dict)  # opcode -> count in the loop
+
+    @property
+    def instructions_per_fma(self) -> float:
+        """SASS instructions the main loop issues per float32 FMA: per weight code and batch row
+        in a GEMV, whose FMAs are one per code and row. 0 without the SASS."""
+        fma = self.loop_mix.get("FFMA", 0)
+        return self.loop_instructions / fma if fma else 0.0
+
+    @property
+    def uses_local_memory(self) -> bool:
+        return self.stack_bytes > 0 or self.spill_bytes > 0
+
+    @property
+    def widest_load(self) -> int:
+        return max(self.global_loads, default=0)
+
+    def loads_text(self) -> str:
+        return " ".join(f"{bits}b x{n}" for bits, n in sorted(self.global_loads.items(), reverse=True))
+
+
+def _ptx_entries(ptx: str) -> dict[str, str]:
+    """Entry name -> its PTX body."""
+    parts = re.split(r"\.visible\s+\.entry\s+", ptx)[1:]
+    return {part.split("(", 1)[0].strip(): part for part in parts}
+
+
+def parse_ptxas_info(text: str) -> dict[str, KernelResources]:
+    """Per-kernel registers / stack / spills / shared memory from ``ptxas -v`` output."""
+    kernels: dict[str, KernelResources] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.search(r"(?:Compiling entry function|Function properties for) '?(\w+)'?", line)
+        if m:
+            current = kernels.setdefault(m.group(1), KernelResources(m.group(1)))
+            continue
+        if current is None:
+            continue
+        if m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            current.stack_bytes = int(m.group(1))
+            current.spill_bytes = int(m.group(2)) + int(m.group(3))
+        if m := re.search(r"Used (\d+) registers", line):
+            current.registers = int(m.group(1))
+        if m := re.search(r"(\d+) bytes smem", line):
+            current.shared_bytes = int(m.group(1))
+    return kernels
+
+
+def cuobjdump() -> str | None:
+    """cuobjdump (with nvdisasm beside it, which it runs): the CUDA toolkit's, or the PyPI
+    wheels ``nvidia-cuda-cuobjdump`` and ``nvidia-cuda-nvdisasm`` (the ``audit`` extra)."""
+    found = shutil.which("cuobjdump")
+    if found and shutil.which("nvdisasm"):
+        return found
+    for base in map(Path, sys.path):
+        for bin_dir in sorted(base.glob("nvidia/cu*/bin")):
+            if (bin_dir / "cuobjdump").is_file() and (bin_dir / "nvdisasm").is_file():
+                return str(bin_dir / "cuobjdump")
+    return None
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\S*)\s*(.*?);")
+
+
+def parse_sass(text: str) -> dict[str, tuple[int, dict[str, int]]]:
+    """Kernel -> (instructions in its main loop, opcode counts there) from ``cuobjdump -sass``.
+
+    The main loop is the longest backward branch; a kernel without one is all "loop"."""
+    loops = {}
+    for chunk in re.split(r"\n\s*Function : ", text)[1:]:
+        name = chunk.split(None, 1)[0]
+        code = [(int(m.group(1), 16), m.group(2), m.group(4)) for m in _SASS_LINE.finditer(chunk)]
+        span = (0, code[-1][0] if code else 0)
+        best = -1
+        for addr, op, operands in code:
+            target = re.match(r"(0x[0-9a-f]+)", operands.strip()) if op == "BRA" else None
+            if target and int(target.group(1), 16) < addr and addr - int(target.group(1), 16) > best:
+                best = addr - int(target.group(1), 16)
+                span = (int(target.group(1), 16), addr)
+        body = [op for addr, op, _ in code if span[0] <= addr <= span[1]]
+        loops[name] = (len(body), dict(Counter(body)))
+    return loops
+
+
+def kernel_resources(source: str, arch: str) -> dict[str, KernelResources]:
+    """Compile ``source`` for ``arch`` (nvcc to PTX, ``ptxas -v`` to a cubin) and report each
+    ``__global__`` kernel, with its main loop's SASS when ``cuobjdump()`` finds the tools;
+    raises RuntimeError with the tool's message if a compile fails."""
+    sass = ""
+    with tempfile.TemporaryDirectory(prefix="desv_audit_") as tmp:
+        ptx_path = cuda_jit.nvcc(source, arch, Path(tmp) / "kernels.ptx", fmt="ptx")
+        ptx = ptx_path.read_text()
+        cubin = Path(tmp) / "kernels.cubin"
+        proc = subprocess.run(["ptxas", f"-arch={arch}", "-O3", "-v", "-o", str(cubin), str(ptx_path)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ptxas failed for {arch}:\n{proc.stderr[-4000:]}")
+        tool = cuobjdump()
+        if tool:
+            env = {**os.environ, "PATH": f"{Path(tool).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            sass = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True,
+                                  check=True, env=env).stdout
+    kernels = parse_ptxas_info(proc.stdout + proc.stderr)
+    for name, (count, mix) in parse_sass(sass).items():
+        res = kernels.setdefault(name, KernelResources(name))
+        res.loop_instructions, res.loop_mix = count, mix
+    for name, body in _ptx_entries(ptx).items():
+        res = kernels.setdefault(name, KernelResources(name))
+        widths = Counter(int(lanes or 1) * _TYPE_BITS[bits] for lanes, bits in _LOAD.findall(body))
+        res.global_loads = dict(widths)
+        res.int_to_half = len(_INT_TO_HALF.findall(body))
+    return kernels
