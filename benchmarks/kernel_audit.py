@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.kernels import BATCHES, MODELS, QUANT_MODES, RESULTS, kernel_table, schedule_kernel  # noqa: E402
+from benchmarks.kernels import BATCHES, MODELS, QUANT_MODES, RESULTS, kernel_table, scheduled_groups  # noqa: E402
 from tvm_schedules.resources import cuobjdump  # noqa: E402
 
 
@@ -40,17 +40,10 @@ def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
     from tvm_schedules.resources import kernel_resources
 
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
-    groups: dict[tuple[str, str], list] = {}
-    for spec in kernel_table(models, modes, batches):
-        groups.setdefault((spec.model, spec.mode), []).append(spec)
     rows = []
-    for (model, mode), specs in groups.items():
-        t0 = time.time()
-        funcs = {}
-        for i, spec in enumerate(specs):
-            spec.symbol = f"k{i:04d}"
-            funcs[spec.symbol] = schedule_kernel(spec, target).with_attr("global_symbol", spec.symbol)
-        resources = kernel_resources(cuda_source(tvm.IRModule(funcs), target), arch)
+    t0 = time.time()
+    for model, mode, specs, mod in scheduled_groups(kernel_table(models, modes, batches), target):
+        resources = kernel_resources(cuda_source(mod, target), arch)
         for spec in specs:
             res = resources[f"{spec.symbol}_kernel"]
             rows.append({"id": spec.id, "model": model, "linear": spec.linear, "mode": mode,
@@ -58,6 +51,7 @@ def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
                          "rule": spec.rule, **asdict(res),
                          "instructions_per_fma": res.instructions_per_fma})
         log(f"{model} {mode}: {len(specs)} kernels in {time.time() - t0:.1f}s")
+        t0 = time.time()
     return rows
 
 

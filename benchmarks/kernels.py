@@ -173,6 +173,23 @@ def schedule_kernel(spec: KernelSpec, target):
     raise RuntimeError(f"no rule scheduled {spec.id}")
 
 
+def scheduled_groups(specs: list[KernelSpec], target):
+    """Yield ``(model, mode, its specs, one IRModule of their kernels)`` per model and mode, each
+    kernel scheduled as its library would and named by the ``symbol`` set on its spec; one
+    module a group, so nvcc runs once per model and mode."""
+    import tvm
+
+    groups: dict[tuple[str, str], list[KernelSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.model, spec.mode), []).append(spec)
+    for (model, mode), group in groups.items():
+        funcs = {}
+        for i, spec in enumerate(group):
+            spec.symbol = f"k{i:04d}"
+            funcs[spec.symbol] = schedule_kernel(spec, target).with_attr("global_symbol", spec.symbol)
+        yield model, mode, group, tvm.IRModule(funcs)
+
+
 def build(out: Path, arch: str, models, modes, batches, schedules=SCHEDULES,
           force: bool = False, log=print) -> Path:
     """Compile every kernel (nvcc, no GPU needed) into one .so per (model, mode) + manifest."""
@@ -182,27 +199,21 @@ def build(out: Path, arch: str, models, modes, batches, schedules=SCHEDULES,
 
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
     specs = kernel_table(models, modes, batches, schedules)
-    groups: dict[tuple[str, str], list[KernelSpec]] = {}
-    for spec in specs:
-        groups.setdefault((spec.model, spec.mode), []).append(spec)
     with atomic_dir(out, force=force) as tmp:
-        for (model, mode), group in groups.items():
-            t0 = time.time()
-            funcs = {}
-            for i, spec in enumerate(group):
-                func = schedule_kernel(spec, target)
-                spec.symbol = f"k{i:04d}"
+        t0 = time.time()
+        for model, mode, group, mod in scheduled_groups(specs, target):
+            for spec in group:
                 spec.lib = f"{model}.{mode}.so"
                 spec.arg_shapes = [[[_dim(d) for d in buf.shape], str(buf.dtype)]
-                                   for buf in func.params]
-                funcs[spec.symbol] = func.with_attr("global_symbol", spec.symbol)
+                                   for buf in mod[spec.symbol].params]
             with target:
-                lib = tvm.compile(tvm.IRModule(funcs), target=target)
+                lib = tvm.compile(mod, target=target)
             lib.export_library(str(tmp / f"{model}.{mode}.so"))
             # The library holds CUDA source that is compiled when it is loaded; compile it here
             # into the binary cache ``run`` answers that compile from (engine/cuda_jit.py).
             cuda_jit.precompile(lib.mod, arch, tmp)
             log(f"built {model} {mode}: {len(group)} kernels in {time.time() - t0:.1f}s")
+            t0 = time.time()
         manifest = {
             "arch": arch,
             "tvm": tvm.__version__,

@@ -1,4 +1,4 @@
-"""What nvcc makes of a kernel, read without a GPU: registers, local memory, load widths.
+"""What nvcc makes of a kernel, read without a GPU: registers, local memory, loads, SASS.
 
 A decode GEMV's speed is decided by things the compiled kernel shows before it ever runs:
 
@@ -7,14 +7,17 @@ A decode GEMV's speed is decided by things the compiled kernel shows before it e
   every access becomes an ``LDL`` / ``STL`` through L1;
 * **load width**: how many bytes one ``ld.global`` moves (a warp of 16-byte loads moves 512 B
   per instruction, of 4-byte loads 128 B), which sets how many bytes each warp has in flight;
-* **int -> float16 conversions** (``cvt.rn.f16.u32``, SASS ``I2F``): they run in the
-  conversion pipe at a fraction of the ALU rate, one per weight code if the dequantize casts
-  codes (``desv_export/model/dequantize.py`` makes them with bit operations instead);
-* **registers**, which bound how many warps an SM keeps in flight.
+* **int -> float16 conversions** (``cvt.rn.f16.u32``, SASS ``I2F``): one per weight code (the
+  dequantize casts codes), in the conversion pipe rather than the ALUs;
+* **registers**, which bound how many warps an SM keeps in flight;
+* **the main loop's SASS** (with cuobjdump): instructions per float32 FMA, i.e. per weight
+  code and batch row. An SM issues at most 4 warp instructions a clock, so this bounds the
+  codes per second a GEMV can unpack, whatever the memory does (``docs/schedules.md``,
+  "Static audit").
 
 ``kernel_resources`` compiles CUDA source with nvcc to PTX, assembles it with ``ptxas -v`` and
-reads both; ``benchmarks/kernel_audit.py`` tabulates it for every kernel of the GPU benchmark.
-Timings still need the GPU (``benchmarks/kernels.py``).
+reads both, and the SASS; ``benchmarks/kernel_audit.py`` tabulates it for every kernel of the
+GPU benchmark. Timings still need the GPU (``benchmarks/kernels.py``).
 """
 
 from __future__ import annotations
@@ -65,9 +68,6 @@ class KernelResources:
     @property
     def widest_load(self) -> int:
         return max(self.global_loads, default=0)
-
-    def loads_text(self) -> str:
-        return " ".join(f"{bits}b x{n}" for bits, n in sorted(self.global_loads.items(), reverse=True))
 
 
 def _ptx_entries(ptx: str) -> dict[str, str]:
