@@ -119,8 +119,41 @@ def build_test_libraries(kit: Path, arch: str) -> None:
             log(f"test library {lib.name}")
 
 
+# What the kit's libraries and kernels are compiled from: a change here makes them stale.
+SOURCES = ("desv_export", "tvm_schedules", "benchmarks/kernels.py", "tests/engine", "tests/tiny_models.py")
+BUILT = ("test-libs", "kernels", f"bench-{BENCH_MODEL}", "cuda-cache")
+
+
+def source_fingerprint() -> str:
+    """sha256 of the tracked and untracked (not ignored) files under ``SOURCES``."""
+    import hashlib
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", *SOURCES], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        if (ROOT / name).is_file():
+            digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def drop_stale(kit: Path, arch: str) -> None:
+    """Remove what an earlier ``prepare`` compiled from other sources or for another arch, so a
+    warm build/gpu-kit never ships kernels the code no longer makes."""
+    stamp = kit / "sources.json"
+    now = {"sources": source_fingerprint(), "arch": arch}
+    if stamp.is_file() and json.loads(stamp.read_text()) == now:
+        return
+    for name in BUILT:
+        if (kit / name).exists():
+            log(f"{kit / name}: built from other sources or for another arch; rebuilding")
+            shutil.rmtree(kit / name)
+    stamp.write_text(json.dumps(now))
+
+
 def prepare(kit: Path, archive: Path, arch: str, python: str, steps: list[str]) -> None:
     kit.mkdir(parents=True, exist_ok=True)
+    drop_stale(kit, arch)
     os.environ["DESV_EXPORT_CUDA_CACHE"] = str(kit / "cuda-cache")
     runtime_site(kit)
     wheels(kit, python)
