@@ -23,6 +23,8 @@ in CUDA C, and nvcc pairs it back into ``HSUB2`` / ``HMUL2`` (checked on the SAS
 
 from __future__ import annotations
 
+import contextlib
+
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
@@ -98,13 +100,11 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, caches:
             with T.unroll(0, tile_n) as tn:
                 n = (bx.loop_var * ty + tyl.loop_var) * tile_n + tn
                 acc_index = [tx.loop_var, *[0] * (x_rank - 1), n]
-                with T.unroll(0, words_per_load) as w:
+                with T.unroll(0, words_per_load) as w, contextlib.ExitStack() as guard:
                     word_index = (ko.loop_var * 32 + tx.loop_var) * words_per_load + w
                     if k_tail:
-                        frame = T.If(word_index * epw < info.k)
-                        frame.__enter__()
-                        then = T.Then()
-                        then.__enter__()
+                        guard.enter_context(T.If(word_index * epw < info.k))
+                        guard.enter_context(T.Then())
                     word = caches["weight"][n, word_index]
                     # Group and zero-word indices in the split form of the scheduled block
                     # (slab part + lane part), which lets buffer compaction see the small
@@ -136,9 +136,6 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, caches:
                         acc = acc + x_lo.astype("float32") * tirx.Shuffle([d], [0]).astype("float32")
                         acc = acc + x_hi.astype("float32") * tirx.Shuffle([d], [1]).astype("float32")
                         T.buffer_store(rf_buffer, acc, acc_index)
-                    if k_tail:
-                        then.__exit__(None, None, None)
-                        frame.__exit__(None, None, None)
     new = _replace(sch.mod["main"].body, tn_loop, ib.get())
     if new is None:
         return None
