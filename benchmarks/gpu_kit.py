@@ -124,16 +124,21 @@ SOURCES = ("desv_export", "tvm_schedules", "benchmarks/kernels.py", "tests/engin
 BUILT = ("test-libs", "kernels", f"bench-{BENCH_MODEL}", "cuda-cache")
 
 
+def tree_files(*paths: str) -> list[Path]:
+    """The working tree's files (tracked, or untracked and not ignored) under ``paths`` (all by
+    default): what a device call carries, and what the kit is compiled from."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", *paths], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    return [ROOT / name for name in sorted(names) if (ROOT / name).is_file()]
+
+
 def source_fingerprint() -> str:
-    """sha256 of the tracked and untracked (not ignored) files under ``SOURCES``."""
+    """sha256 of the working tree's files under ``SOURCES``."""
     import hashlib
 
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", *SOURCES], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
     digest = hashlib.sha256()
-    for name in sorted(files):
-        if (ROOT / name).is_file():
-            digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    for path in tree_files(*SOURCES):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -172,9 +177,7 @@ def prepare(kit: Path, archive: Path, arch: str, python: str, steps: list[str]) 
     archive.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(archive) as tmp, tarfile.open(tmp, "w:xz") as tar:
         tar.add(kit, arcname="kit")
-    tree = sum((ROOT / p).stat().st_size for p in subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-        check=True).stdout.split() if (ROOT / p).is_file())
+    tree = sum(path.stat().st_size for path in tree_files())
     size = archive.stat().st_size + tree
     log(f"{archive}: {archive.stat().st_size / 2**20:.1f} MiB, {size / 2**20:.1f} MiB with the working "
         f"tree (a device call carries {CARRY_LIMIT >> 20})")
