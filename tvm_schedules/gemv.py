@@ -31,7 +31,8 @@ from tvm.ir.prim.expr import IntImm
 from tvm.target import Target
 
 from .analysis import DequantMatmul, DequantMatmulRule
-from .half2 import splice_half2_dot
+from .half2 import half2_applies, splice_half2_dot, straddles, words_per_step
+from .rewrite import find_realize, replace_stmt, with_zero
 
 WARP = 32
 
@@ -76,11 +77,19 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
     while max_vec > 1 and batch * max_vec * info.epw > 128:
         max_vec //= 2
     words_per_load = _words_per_load(info.words, max_vec)
-    chunk = words_per_load * info.epw  # codes one lane handles per step
+    step = words_per_load  # words one lane handles per step of the K loop
+    # With a static number of rows the register-level work is done in half2 pairs
+    # (tvm_schedules/half2.py): at one row about 5 instructions per code instead of 7.6 at 2
+    # and 4 bits, 7-8 instead of 14-22 at 3 bits.
+    half2 = isinstance(info.batch, int) and half2_applies(info)
+    if half2:
+        step = words_per_step(info, words_per_load, max_vec)
+        words_per_load = _words_per_load(info.words, step)
+    chunk = step * info.epw  # codes one lane handles per step
 
     *spatial, n_loop, k_loop = sch.get_loops(mm)
     b_loop = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    ko, tx, w, e = sch.split(k_loop, [None, WARP, words_per_load, info.epw])
+    ko, tx, w, e = sch.split(k_loop, [None, WARP, step, info.epw])
     bx, tyl, tn = sch.split(n_loop, [None, ty, tile_n])
     sch.reorder(bx, tyl, tx, ko, tn, b_loop, w, e)
     rf = sch.rfactor(tx, factor_axis=0)
@@ -97,12 +106,15 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
     for role, buffer in sources.items():
         if buffer is None:
             continue
+        if half2 and straddles(info) and role in ("scale", "zero"):
+            continue  # the half2 body reads the lane's two groups itself, once per step
         idx = _read_index(sch, rf, buffer)
         if idx is None:
             continue
         cache = sch.cache_read(rf, idx, "local")
         sch.compute_at(cache, sch.get_loops(rf)[3])
         caches.append((role, buffer, cache))
+    x_vector = None  # (x cache block, its vector lane) when K is a whole number of vectors
     for _, buffer, cache in caches:
         own = sch.get_loops(cache)[4:]  # the cache's own loops, below the slab loop
         if not own:
@@ -112,7 +124,7 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
         if not isinstance(extent, IntImm):
             continue
         if buffer.same_as(info.weight_buffer):
-            vec = words_per_load if int(extent) == words_per_load else 1
+            vec = words_per_load if int(extent) == step else 1
         elif buffer.same_as(info.x_buffer):
             vec = _aligned_vec(int(extent), 2) if int(extent) == chunk else 1
         else:
@@ -120,6 +132,8 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
         if vec > 1:
             _, v = sch.split(inner, [None, vec])
             sch.vectorize(v)
+            if buffer.same_as(info.x_buffer) and info.k % vec == 0:
+                x_vector = (sch.get(cache).name_hint, sch.get(v).loop_var)
         else:
             sch.unroll(inner)
 
@@ -142,15 +156,30 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
             sch.reverse_compute_inline(ep)
     sch.decompose_reduction(rf, rf_loops[3])
     sch.set_scope(rf, 0, "local")
-    if info.batch == 1:
-        # At one row, the register-level work in half2 pairs where the packing allows
-        # (tvm_schedules/half2.py): about 5 instructions per code instead of 7.6.
-        cached = {role: sch.get(cache).writes[0].source for role, _, cache in caches}
-        if {"weight", "scale", "x"} <= cached.keys():
-            spliced = splice_half2_dot(sch, info, rf, cached, words_per_load, tile_n, ty)
-            if spliced is not None:
-                return spliced
-    return sch
+    if half2:
+        read = {role: buffer for role, buffer in sources.items() if buffer is not None}
+        read.update({role: sch.get(cache).writes[0].source for role, _, cache in caches})
+        sch = splice_half2_dot(sch, info, rf, read, step, tile_n, ty) or sch
+    return _vector_guards(sch, x_vector)
+
+
+def _vector_guards(sch: s_tir.Schedule, x_vector: tuple[str, tirx.Var] | None) -> s_tir.Schedule:
+    """Test the x cache's K bound once per vector, not per lane: where a lane's chunk runs past
+    K (a K tail), TVM guards each element of the vectorised copy, and nvcc then loads x 16 bits
+    at a time and packs them with PRMTs (475 in q3f16_1's 11008-wide loop). With K a whole
+    number of vectors and chunks starting on vector boundaries, a vector is in or out whole."""
+    if x_vector is None:
+        return sch
+    name, lane = x_vector
+    body = sch.mod["main"].body
+    realize = find_realize(body, name)
+    if realize is None:
+        return sch
+    predicate = with_zero(realize.predicate, lane)
+    if predicate is None or predicate.same_as(realize.predicate):
+        return sch
+    new = replace_stmt(body, realize, s_tir.stmt.SBlockRealize(realize.iter_values, predicate, realize.block))
+    return sch if new is None else s_tir.Schedule(sch.mod["main"].with_body(new))
 
 
 class DecodeGEMV(DequantMatmulRule):
