@@ -112,9 +112,19 @@ class _Pairs:
         return (word & _u32(low_mask)) | ((word << _u32(16 - low)) & _u32(low_mask << 16))
 
     def pair(self, spread: tirx.PrimExpr, j: int) -> tirx.PrimExpr:
-        """half2 ``(1024 + q_j, 1024 + q_{j + half})``."""
-        bits_ = ((spread >> _u32(j * self.bits)) & self.mask) | _u32(_MAGIC | (_MAGIC << 16))
-        return tirx.reinterpret("float16x2", bits_)
+        """half2 ``(1024 + q_j, 1024 + q_{j + half})``.
+
+        Written mask-then-shift-and-add, ``((spread & mask << s) >> s) + magic``: ptxas makes
+        the shift and the add one ``LEA.HI``, so a pair costs a ``LOP3`` and a ``LEA.HI``. The
+        shift-mask-or form costs a shift and two ``LOP3``s (a ``LOP3`` takes one immediate, and
+        ptxas does not keep the magic in a register to merge the AND and the OR)."""
+        m = (1 << self.bits) - 1
+        shift = j * self.bits
+        magic = _u32(_MAGIC | (_MAGIC << 16))
+        if shift == 0:
+            return tirx.reinterpret("float16x2", (spread & self.mask) | magic)
+        field = spread & _u32(((m << 16) | m) << shift)
+        return tirx.reinterpret("float16x2", (field >> _u32(shift)) + magic)
 
 
 def _half_bits(value: tirx.PrimExpr) -> tirx.PrimExpr:
