@@ -49,7 +49,8 @@ def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
             rows.append({"id": spec.id, "model": model, "linear": spec.linear, "mode": mode,
                          "batch_class": spec.batch_class, "schedule": spec.schedule,
                          "rule": spec.rule, **asdict(res),
-                         "instructions_per_fma": res.instructions_per_fma})
+                         "instructions_per_fma": res.instructions_per_fma,
+                         "blocks_per_sm": res.blocks_per_sm(arch)})
         log(f"{model} {mode}: {len(specs)} kernels in {time.time() - t0:.1f}s")
         t0 = time.time()
     return rows
@@ -79,15 +80,15 @@ def markdown(rows: list[dict], arch: str) -> str:
         "",
         "## Every kernel",
         "",
-        "| model | linear | mode | batch | schedule | rule | regs | stack B | spill B | smem B | global loads | int->f16 | loop instr / FMA |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+        "| model | linear | mode | batch | schedule | rule | regs | stack B | spill B | smem B | global loads | int->f16 | loop instr / FMA | loop LDG B / thread | blocks / SM |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         loads = " ".join(f"{b}b x{n}" for b, n in sorted(r["global_loads"].items(), key=lambda kv: -int(kv[0])))
         lines.append(f"| {r['model']} | {r['linear']} | {r['mode']} | {r['batch_class']} | {r['schedule']} "
                      f"| {r['rule']} | {r['registers']} | {r['stack_bytes']} | {r['spill_bytes']} "
                      f"| {r['shared_bytes']} | {loads} | {r['int_to_half']} "
-                     f"| {r['instructions_per_fma']:.2f} |")
+                     f"| {r['instructions_per_fma']:.2f} | {r['loop_load_bytes']} | {r['blocks_per_sm']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,9 +100,12 @@ def summary(rows: list[dict]) -> list[str]:
         "Loop instr / FMA: SASS instructions of the main loop per float32 FMA, i.e. per weight",
         "code and batch row; a decode GEMV issuing more per code than the GPU can issue while",
         "its weights stream in is bound by instructions, not bandwidth (see docs/schedules.md).",
+        "Warps / SM: resident warps by the occupancy rules (registers, shared memory), fewest",
+        "over the projections; a memory-bound kernel needs enough of them with loads in flight",
+        "to cover the memory latency.",
         "",
-        "| mode | batch | ours: loop instr / FMA | dlight: loop instr / FMA | ours: max local B | ours: widest load |",
-        "|---|---|---:|---:|---:|---:|",
+        "| mode | batch | ours: loop instr / FMA | dlight: loop instr / FMA | ours: warps / SM | dlight: warps / SM | ours: max local B | ours: widest load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["mode"], r["batch_class"]) for r in rows})
     for mode, bc in keys:
@@ -110,7 +114,10 @@ def summary(rows: list[dict]) -> list[str]:
         worst = {k: max((r["instructions_per_fma"] for r in v), default=0.0) for k, v in group.items()}
         local = max((r["stack_bytes"] + r["spill_bytes"] for r in group["ours"]), default=0)
         widest = min((max(map(int, r["global_loads"]), default=0) for r in group["ours"]), default=0)
-        lines.append(f"| {mode} | {bc} | {worst['ours']:.2f} | {worst['dlight']:.2f} | {local} | {widest} bits |")
+        warps = {k: min((r["blocks_per_sm"] * r["threads_per_block"] // 32 for r in v), default=0)
+                 for k, v in group.items()}
+        lines.append(f"| {mode} | {bc} | {worst['ours']:.2f} | {worst['dlight']:.2f} | {warps['ours']} "
+                     f"| {warps['dlight']} | {local} | {widest} bits |")
     return lines
 
 

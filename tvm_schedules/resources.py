@@ -9,7 +9,10 @@ A decode GEMV's speed is decided by things the compiled kernel shows before it e
   per instruction, of 4-byte loads 128 B), which sets how many bytes each warp has in flight;
 * **int -> float16 conversions** (``cvt.rn.f16.u32``, SASS ``I2F``): one per weight code (the
   dequantize casts codes), in the conversion pipe rather than the ALUs;
-* **registers**, which bound how many warps an SM keeps in flight;
+* **registers** (and shared memory), which bound how many blocks, so warps, an SM keeps
+  resident (``blocks_per_sm``): a memory-bound kernel needs enough warps with loads in flight
+  to cover the memory latency, so a kernel that trades occupancy for fewer instructions can
+  become latency-bound instead;
 * **the main loop's SASS** (with cuobjdump): instructions per float32 FMA, i.e. per weight
   code and batch row. An SM issues at most 4 warp instructions a clock, so this bounds the
   codes per second a GEMV can unpack, whatever the memory does (``docs/schedules.md``,
@@ -37,6 +40,7 @@ from desv_export.engine import cuda_jit
 _TYPE_BITS = {"8": 8, "16": 16, "32": 32, "64": 64}
 _LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[subf](8|16|32|64)\b")
 _INT_TO_HALF = re.compile(r"\bcvt\.rn\.f16\.[us](?:8|16|32|64)\b")
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\((\d+)\)\s+(\w+)\(")
 
 
 @dataclass
@@ -50,9 +54,11 @@ class KernelResources:
     shared_bytes: int = 0
     global_loads: dict[int, int] = field(default_factory=dict)  # bits per load -> static count
     int_to_half: int = 0  # int -> float16 conversions in the PTX
+    threads_per_block: int = 0  # from the kernel's __launch_bounds__ (0: not declared)
     # The SASS of the main loop (the longest backward branch), when cuobjdump is at hand:
     loop_instructions: int = 0
     loop_mix: dict[str, int] = field(default_factory=dict)  # opcode -> count in the loop
+    loop_load_bytes: int = 0  # bytes one thread's LDGs in the loop load (weights, x, scales)
 
     @property
     def instructions_per_fma(self) -> float:
@@ -68,6 +74,29 @@ class KernelResources:
     @property
     def widest_load(self) -> int:
         return max(self.global_loads, default=0)
+
+    def blocks_per_sm(self, arch: str) -> int:
+        """Resident blocks per SM by the occupancy rules (registers allocated per warp in units
+        of 256, shared memory plus the 1 KB each block reserves, thread and block limits)."""
+        limits = SM_LIMITS.get(arch)
+        if limits is None or not self.threads_per_block:
+            return 0
+        regs_per_sm, threads_per_sm, blocks_max, smem_per_sm = limits
+        warps = -(-self.threads_per_block // 32)
+        warp_regs = -(-max(self.registers, 1) * 32 // 256) * 256
+        blocks = min(blocks_max, threads_per_sm // (warps * 32), regs_per_sm // warp_regs // warps)
+        if self.shared_bytes:
+            blocks = min(blocks, smem_per_sm // (self.shared_bytes + 1024))
+        return blocks
+
+
+# arch -> (32-bit registers, threads, blocks, shared memory bytes) per SM (CUDA occupancy tables)
+SM_LIMITS = {
+    "sm_80": (65536, 2048, 32, 164 * 1024),
+    "sm_86": (65536, 1536, 16, 100 * 1024),
+    "sm_89": (65536, 1536, 24, 100 * 1024),
+    "sm_90": (65536, 2048, 32, 228 * 1024),
+}
 
 
 def _ptx_entries(ptx: str) -> dict[str, str]:
@@ -113,23 +142,34 @@ def cuobjdump() -> str | None:
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\S*)\s*(.*?);")
 
 
-def parse_sass(text: str) -> dict[str, tuple[int, dict[str, int]]]:
-    """Kernel -> (instructions in its main loop, opcode counts there) from ``cuobjdump -sass``.
+def _load_bytes(modifiers: str) -> int:
+    """Bytes one ``LDG`` moves per thread, from its modifiers (``.E.128.CONSTANT``, ``.E.U16``)."""
+    for width, size in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
+        if width in modifiers:
+            return size
+    return 4
+
+
+def parse_sass(text: str) -> dict[str, tuple[int, dict[str, int], int]]:
+    """Kernel -> (instructions in its main loop, opcode counts there, bytes its ``LDG``s there
+    load per thread) from ``cuobjdump -sass``.
 
     The main loop is the longest backward branch; a kernel without one is all "loop"."""
     loops = {}
     for chunk in re.split(r"\n\s*Function : ", text)[1:]:
         name = chunk.split(None, 1)[0]
-        code = [(int(m.group(1), 16), m.group(2), m.group(4)) for m in _SASS_LINE.finditer(chunk)]
+        code = [(int(m.group(1), 16), m.group(2), m.group(4), m.group(3))
+                for m in _SASS_LINE.finditer(chunk)]
         span = (0, code[-1][0] if code else 0)
         best = -1
-        for addr, op, operands in code:
+        for addr, op, operands, _ in code:
             target = re.match(r"(0x[0-9a-f]+)", operands.strip()) if op == "BRA" else None
             if target and int(target.group(1), 16) < addr and addr - int(target.group(1), 16) > best:
                 best = addr - int(target.group(1), 16)
                 span = (int(target.group(1), 16), addr)
-        body = [op for addr, op, _ in code if span[0] <= addr <= span[1]]
-        loops[name] = (len(body), dict(Counter(body)))
+        body = [(op, mods) for addr, op, _, mods in code if span[0] <= addr <= span[1]]
+        loaded = sum(_load_bytes(mods) for op, mods in body if op == "LDG")
+        loops[name] = (len(body), dict(Counter(op for op, _ in body)), loaded)
     return loops
 
 
@@ -152,9 +192,11 @@ def kernel_resources(source: str, arch: str) -> dict[str, KernelResources]:
             sass = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True,
                                   check=True, env=env).stdout
     kernels = parse_ptxas_info(proc.stdout + proc.stderr)
-    for name, (count, mix) in parse_sass(sass).items():
+    for name, (count, mix, loaded) in parse_sass(sass).items():
         res = kernels.setdefault(name, KernelResources(name))
-        res.loop_instructions, res.loop_mix = count, mix
+        res.loop_instructions, res.loop_mix, res.loop_load_bytes = count, mix, loaded
+    for threads, name in _LAUNCH_BOUNDS.findall(source):
+        kernels.setdefault(name, KernelResources(name)).threads_per_block = int(threads)
     for name, body in _ptx_entries(ptx).items():
         res = kernels.setdefault(name, KernelResources(name))
         widths = Counter(int(lanes or 1) * _TYPE_BITS[bits] for lanes, bits in _LOAD.findall(body))

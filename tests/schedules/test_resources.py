@@ -13,7 +13,8 @@ import tvm
 from tests.schedules.conftest import cuda_target
 from tvm_schedules import DecodeGEMV
 from tvm_schedules.cpu_check import cuda_source
-from tvm_schedules.resources import cuobjdump, kernel_resources, parse_ptxas_info, parse_sass
+from tvm_schedules.resources import (KernelResources, cuobjdump, kernel_resources, parse_ptxas_info,
+                                     parse_sass)
 from tvm_schedules.workloads import dequant_matmul
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,20 @@ def test_main_loop_is_the_longest_backward_branch():
         /*0060*/               @P1 BRA 0x40 ;
         /*0070*/                   EXIT ;
 """
-    (count, mix), = parse_sass(text).values()
+    (count, mix, loaded), = parse_sass(text).values()
     assert count == 3 and mix == {"LDG": 1, "FFMA": 1, "BRA": 1}
+    assert loaded == 16  # one LDG.E.128 in the loop
+
+
+def test_occupancy():
+    """CUDA's occupancy rules: registers allocated 256 a warp, shared memory plus 1 KB a block."""
+    k = KernelResources("k", registers=40, threads_per_block=128)
+    assert k.blocks_per_sm("sm_90") == 12  # 1280 registers a warp: 51 warps, 12 blocks of 4
+    assert KernelResources("k", registers=95, threads_per_block=128).blocks_per_sm("sm_90") == 5
+    assert KernelResources("k", registers=32, threads_per_block=128).blocks_per_sm("sm_90") == 16
+    smem = KernelResources("k", registers=32, threads_per_block=128, shared_bytes=22016)
+    assert smem.blocks_per_sm("sm_80") == 7 and smem.blocks_per_sm("sm_90") == 10
+    assert KernelResources("k", registers=32).blocks_per_sm("sm_90") == 0  # no launch bounds
 
 
 @needs_nvcc
@@ -81,9 +94,12 @@ def test_footprints_of_known_kernels():
     assert k["local_array"].stack_bytes > 0
     assert not k["int_to_half"].uses_local_memory and k["int_to_half"].int_to_half == 1
     assert k["wide_loop"].widest_load == 128 and k["wide_loop"].int_to_half == 0
+    assert k["wide_loop"].threads_per_block == 32
     if cuobjdump():
         assert k["wide_loop"].loop_mix["FFMA"] == 1 and k["wide_loop"].loop_mix["LDG"] == 1
         assert k["wide_loop"].instructions_per_fma == k["wide_loop"].loop_instructions
+        # ptxas narrows the PTX's 16-byte load to the 8 bytes the FMA reads (LDG.E.64)
+        assert k["wide_loop"].loop_load_bytes == 8
 
 
 @needs_nvcc
