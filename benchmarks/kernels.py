@@ -383,10 +383,26 @@ def run(kernels: Path, results_dir: Path = RESULTS, launches: int = 200,
         "gpu": gpu, "copy_gbs": round(copy_gbs, 1), "arch": manifest["arch"],
         "tvm": manifest.get("tvm"), "timer": "cuda-events-rotated" if torch else "time_evaluator",
         "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "kernels": add_speedups(rows), "peers": peer_rows,
+        "kernels": attach_audit(add_speedups(rows), manifest["arch"], results_dir), "peers": peer_rows,
     }
     write_results(result, results_dir)
     return result
+
+
+def attach_audit(rows: list[dict], arch: str, results_dir: Path = RESULTS) -> list[dict]:
+    """Put the static audit's figures (``kernel_audit.py``: SASS instructions per code, resident
+    warps per SM) beside each timed kernel, so the GPU run shows at once whether the static
+    counts predicted time. Rows without an audit entry are left as they are."""
+    path = results_dir / f"kernel-audit-{arch}.json"
+    if not path.is_file():
+        return rows
+    audit = {a["id"]: a for a in json.loads(path.read_text())["kernels"]}
+    for r in rows:
+        a = audit.get(r["id"])
+        if a is not None:
+            r["static_instr_per_code"] = round(a["instructions_per_fma"], 2)
+            r["static_warps_per_sm"] = a.get("blocks_per_sm", 0) * a.get("threads_per_block", 0) // 32
+    return rows
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
@@ -477,8 +493,8 @@ def markdown(result: dict) -> str:
     for model, bc in keys:
         lines += [f"## {model}, {bc}", "",
                   "| mode | linear | ours us | ours GB/s | ours % copy | dlight us | "
-                  "dlight % copy | speedup |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "dlight % copy | speedup | static instr / code, ours : dlight | warps / SM, ours : dlight |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         sel = [r for r in rows if r["model"] == model and r["batch"] == bc]
         dl = {(r["mode"], r["linear"]): r for r in sel if r["schedule"] == "dlight"}
         for r in sel:
@@ -488,7 +504,8 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {r['mode']} | {r['linear']} | {r['us']:.2f} | {r['gbs']:.0f} | "
                 f"{r['pct_copy']:.1f} | {d.get('us', float('nan')):.2f} | "
-                f"{d.get('pct_copy', float('nan')):.1f} | {r.get('speedup_vs_dlight') or '-'} |")
+                f"{d.get('pct_copy', float('nan')):.1f} | {r.get('speedup_vs_dlight') or '-'} | "
+                f"{_pair(r, d, 'static_instr_per_code')} | {_pair(r, d, 'static_warps_per_sm')} |")
         lines.append("")
     peers = result.get("peers") or []
     if peers:
@@ -506,6 +523,11 @@ def markdown(result: dict) -> str:
                              f"{p['pct_copy']:.1f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _pair(ours: dict, dlight: dict, key: str) -> str:
+    """``ours : dlight`` for a static-audit figure, ``-`` where the audit has no entry."""
+    return f"{ours[key]} : {dlight.get(key, '-')}" if key in ours else "-"
 
 
 def write_results(result: dict, results_dir: Path = RESULTS) -> tuple[Path, Path]:

@@ -87,8 +87,26 @@ def test_results_markdown_and_files(kernels, tmp_path):
     assert rows[0]["speedup_vs_dlight"] == 2.0
     md = kernels.markdown(result)
     assert "NVIDIA H100 80GB HBM3" in md and "2000.0 GB/s" in md
-    assert "| q2f16_g128asym | o_proj | 5.00 | 900 | 45.0 | 10.00 | 22.5 | 2.0 |" in md
+    assert "| q2f16_g128asym | o_proj | 5.00 | 900 | 45.0 | 10.00 | 22.5 | 2.0 | - | - |" in md
     assert "error: ImportError" in md
     js, mdp = kernels.write_results(result, tmp_path)
     assert js.name == "kernels-nvidia-h100-80gb-hbm3.json" and mdp.read_text() == md
     assert json.loads(js.read_text())["kernels"][0]["speedup_vs_dlight"] == 2.0
+
+
+def test_timings_carry_the_static_audit(kernels, tmp_path):
+    """The GPU report puts the audit's instructions per code and warps per SM beside each time."""
+    rows = [{"id": "a", "model": "llama-7b", "linear": "o_proj", "mode": "q4f16_1", "batch": "b1",
+             "schedule": s, "us": 5.0 * (i + 1), "gbs": 900.0, "pct_copy": 45.0}
+            for i, s in enumerate(("ours", "dlight"))]
+    rows[1]["id"] = "b"
+    audit = {"kernels": [{"id": "a", "instructions_per_fma": 4.781, "blocks_per_sm": 10, "threads_per_block": 128},
+                         {"id": "b", "instructions_per_fma": 8.12, "blocks_per_sm": 2, "threads_per_block": 1024}]}
+    (tmp_path / "kernel-audit-sm_90.json").write_text(json.dumps(audit))
+    rows = kernels.attach_audit(kernels.add_speedups(rows), "sm_90", tmp_path)
+    assert rows[0]["static_instr_per_code"] == 4.78 and rows[0]["static_warps_per_sm"] == 40
+    assert rows[1]["static_warps_per_sm"] == 64
+    md = kernels.markdown({"gpu": "g", "copy_gbs": 1.0, "arch": "sm_90", "timer": "t", "date": "d",
+                           "kernels": rows, "peers": []})
+    assert "| 2.0 | 4.78 : 8.12 | 40 : 64 |" in md
+    assert kernels.attach_audit([{"id": "a"}], "sm_80", tmp_path) == [{"id": "a"}]  # no audit there
