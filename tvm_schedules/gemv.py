@@ -32,7 +32,6 @@ from tvm.target import Target
 
 from .analysis import DequantMatmul, DequantMatmulRule
 from .half2 import half2_applies, splice_half2_dot, straddles, words_per_step
-from .rewrite import find_realize, replace_stmt, with_zero
 
 WARP = 32
 
@@ -114,7 +113,6 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
         cache = sch.cache_read(rf, idx, "local")
         sch.compute_at(cache, sch.get_loops(rf)[3])
         caches.append((role, buffer, cache))
-    x_vector = None  # (x cache block, its vector lane) when K is a whole number of vectors
     for _, buffer, cache in caches:
         own = sch.get_loops(cache)[4:]  # the cache's own loops, below the slab loop
         if not own:
@@ -132,8 +130,6 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
         if vec > 1:
             _, v = sch.split(inner, [None, vec])
             sch.vectorize(v)
-            if buffer.same_as(info.x_buffer) and info.k % vec == 0:
-                x_vector = (sch.get(cache).name_hint, sch.get(v).loop_var)
         else:
             sch.unroll(inner)
 
@@ -160,26 +156,7 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
         read = {role: buffer for role, buffer in sources.items() if buffer is not None}
         read.update({role: sch.get(cache).writes[0].source for role, _, cache in caches})
         sch = splice_half2_dot(sch, info, rf, read, step, tile_n, ty) or sch
-    return _vector_guards(sch, x_vector)
-
-
-def _vector_guards(sch: s_tir.Schedule, x_vector: tuple[str, tirx.Var] | None) -> s_tir.Schedule:
-    """Test the x cache's K bound once per vector, not per lane: where a lane's chunk runs past
-    K (a K tail), TVM guards each element of the vectorised copy, and nvcc then loads x 16 bits
-    at a time and packs them with PRMTs (475 in q3f16_1's 11008-wide loop). With K a whole
-    number of vectors and chunks starting on vector boundaries, a vector is in or out whole."""
-    if x_vector is None:
-        return sch
-    name, lane = x_vector
-    body = sch.mod["main"].body
-    realize = find_realize(body, name)
-    if realize is None:
-        return sch
-    predicate = with_zero(realize.predicate, lane)
-    if predicate is None or predicate.same_as(realize.predicate):
-        return sch
-    new = replace_stmt(body, realize, s_tir.stmt.SBlockRealize(realize.iter_values, predicate, realize.block))
-    return sch if new is None else s_tir.Schedule(sch.mod["main"].with_body(new))
+    return sch
 
 
 class DecodeGEMV(DequantMatmulRule):

@@ -48,7 +48,6 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .analysis import DequantMatmul
-from .rewrite import replace_stmt
 
 WARP = 32
 _MAGIC = 0x6400  # float16 1024.0: OR a code below 1024 into its mantissa to get 1024 + code
@@ -136,6 +135,35 @@ def _zero_code(zero: tirx.Buffer, n, g, pairs: _Pairs) -> tirx.PrimExpr:
     """Code ``g`` of the packed zero points of row ``n`` (uint32)."""
     shift = (tirx.floormod(g, pairs.epw) * pairs.bits).astype("uint32")
     return (zero[n, tirx.floordiv(g, pairs.epw)] >> shift) & _u32((1 << pairs.bits) - 1)
+
+
+def _replace(stmt: tirx.Stmt, target: tirx.Stmt, new: tirx.Stmt) -> tirx.Stmt | None:
+    """``stmt`` with ``target`` replaced by ``new``; None if ``target`` is not below it through
+    the statement kinds a scheduled GEMV is made of (the 0.27 wheel exposes no TIR mutator to
+    Python)."""
+    if stmt.same_as(target):
+        return new
+    if isinstance(stmt, tirx.For):
+        body = _replace(stmt.body, target, new)
+        return None if body is None else tirx.For(
+            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
+            stmt.annotations)
+    if isinstance(stmt, tirx.SeqStmt):
+        seq = list(stmt.seq)
+        for i, s in enumerate(seq):
+            got = _replace(s, target, new)
+            if got is not None:
+                return tirx.SeqStmt(seq[:i] + [got] + seq[i + 1:])
+        return None
+    if isinstance(stmt, s_tir.stmt.SBlockRealize):
+        b = stmt.block
+        body = _replace(b.body, target, new)
+        if body is None:
+            return None
+        block = s_tir.stmt.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init,
+                                  b.alloc_buffers, b.match_buffers, b.annotations)
+        return s_tir.stmt.SBlockRealize(stmt.iter_values, stmt.predicate, block)
+    return None
 
 
 def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers: dict,
@@ -299,7 +327,7 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
                         rows(tail=False)
                     with T.Else():
                         rows(tail=True)
-    k_loop = replace_stmt(ko, tn_loop, ib.get())
+    k_loop = _replace(ko, tn_loop, ib.get())
     if k_loop is None:
         return None
     if masks:  # an opaque block holding the lane masks around the K loop
@@ -307,7 +335,7 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
         block = s_tir.stmt.SBlock([], [], [], "lane_masks", tirx.SeqStmt([*stores, k_loop]),
                                   alloc_buffers=[mask_buffer])
         k_loop = s_tir.stmt.SBlockRealize([], True, block)
-    new = replace_stmt(sch.mod["main"].body, ko, k_loop)
+    new = _replace(sch.mod["main"].body, ko, k_loop)
     if new is None:
         return None
     return s_tir.Schedule(sch.mod["main"].with_body(new))
