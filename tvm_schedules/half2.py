@@ -252,7 +252,7 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
 
     # Straddling words: lane t's codes start at offset 20 t mod G in their group at every step
     # (the slab is a whole number of groups), so which of the two groups a code falls in is a
-    # per-lane constant: one 32-bit mask per pair, hoisted out of the K loop by nvcc.
+    # per-lane constant: one 32-bit mask per pair, computed before the K loop.
     lane_offset = tirx.floormod(lane_first, group)
 
     masks: dict[int, tirx.PrimExpr] = {}  # lane code of a pair -> its mask
