@@ -232,3 +232,8 @@ class DequantMatmulRule(abc.ABC):
         if info is None or not self.accepts(static_batch(info), info):
             return None
         return self.schedule(func, info, target)
+
+
+def u32(value: int) -> tirx.PrimExpr:
+    """A uint32 constant: the packed words' dtype, which every unpacking expression keeps."""
+    return tirx.const(value, "uint32")

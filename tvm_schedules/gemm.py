@@ -147,12 +147,19 @@ def _stage_x(sch: s_tir.Schedule, x_shared, ko, loops: int, threads: list[tuple[
 
 
 def _dequantize_into_shared(sch: s_tir.Schedule, deq, ko, epw: int, scope: str,
-                            threads: list[tuple[str, int]]) -> None:
+                            threads: list[tuple[str, int]], whole_words: bool = True) -> None:
     """The dequantize block fills the [BN, BK] float16 shared tile, one word per thread step
-    (a word is read once per tile and its ``epw`` codes unpacked in registers)."""
+    (a word is read once per tile and its ``epw`` codes unpacked in registers).
+
+    Without ``whole_words`` (a 3-bit tile of 64 codes starts inside a word) a thread step is
+    one code: the lanes of a warp walk 32 consecutive codes of a row, so the few words they
+    share are one cached load, at the price of unpacking per code."""
     sch.set_scope(deq, 0, scope)  # before compute_at: shared regions span the block's threads
     sch.compute_at(deq, ko, preserve_unit_loops=True)
     dn, dk = sch.get_loops(deq)[-2:]
+    if not whole_words:
+        _spread(sch, sch.fuse(dn, dk), threads)
+        return
     dk_word, dk_code = sch.split(dk, [None, epw])
     _spread(sch, sch.fuse(dn, dk_word), threads)
     sch.unroll(dk_code)
@@ -197,10 +204,12 @@ class TensorCoreTile:
 
 def tensor_core_tile(info: DequantMatmul) -> TensorCoreTile:
     """64 x 64 tiles (2 x 2 warps of 32 x 32) for prefill; 16 or 32 rows for a small static
-    batch so a batch of 16 does not compute 48 padded rows. BK holds whole words and whole
-    16-wide mma steps: 64 codes (8 words of 4-bit, 4 of 2-bit), 80 for 3-bit (8 words)."""
+    batch so a batch of 16 does not compute 48 padded rows. BK holds whole 16-wide mma steps:
+    64 codes (8 words of 4-bit, 4 of 2-bit). 3-bit takes 80 (8 whole words) where that
+    divides K, else 64 where that does (every LLaMA K: 4096, 11008, 576 are not multiples of
+    80), so K needs no padding (see ``schedule_dequant_gemm_tc`` for why that matters)."""
     batch = static_batch(info)
-    bk = 80 if info.epw == 10 else 64
+    bk = 80 if info.epw == 10 and (info.k % 80 == 0 or info.k % 64) else 64
     if batch is not None and batch <= 16:
         return TensorCoreTile(bm=16, bn=64, bk=bk, warps_m=1)
     if batch is not None and batch <= 32:
@@ -262,7 +271,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
     * x [BM, BK] is staged in shared memory (8-wide vector loop; TVM emits it as scalar loads
       when a padding predicate guards it), rows padded by 8 halves;
     * the ``dequantize`` block itself fills the weight tile [BN, BK] in shared memory, each
-      thread unpacking whole words (a word is read once per tile), as the CUDA-core path does;
+      thread unpacking whole words (a word is read once per tile), as the CUDA-core path does,
+      or a code per step for a 3-bit BK of 64 (``tensor_core_tile``);
     * each warp loads 16x16 fragments of both tiles (``wmma.load_matrix_sync``; the weight
       tile is [n, k], i.e. B transposed) and issues ``wmma.mma_sync`` 16x16x16 into its
       accumulator fragments.
@@ -277,7 +287,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
 
     A symbolic (or ragged static) row count is padded to BM and a K that is not a multiple of
     BK is padded to it (``pad_einsum``; pad codes are 0, never read from the packed words):
-    wmma needs whole 16 x 16 x 16 steps and blocks without predicates.
+    wmma needs whole 16 x 16 x 16 steps and blocks without predicates. Both at once under a
+    symbolic row count do not lower in TVM 0.27 (see below), hence the 3-bit BK choice.
 
     ``tensorize=False`` returns the same schedule with only the five ``tensorize`` steps left
     out (fill, load_a, load_b, mma, store): identical tiling, shared tiles, dequantize fill,
@@ -312,8 +323,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
         if pads[row] != 1 and not isinstance(row_extent, IntImm):
             # Padding K as well under a symbolic row count: TVM 0.27's CompactBufferAllocation
             # fails on the x fill ("mismatched types. int32 vs. int64" building an LE), so
-            # such shapes (every 3-bit prefill: K = 4096 is not a multiple of 80) keep the
-            # CUDA-core path.
+            # such shapes (3-bit with K a multiple of neither 80 nor 64, no LLaMA shape) keep
+            # the CUDA-core path.
             return None
         pads[-1] = tile.bk
     if any(p != 1 for p in pads):
@@ -363,7 +374,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
     sch.compute_at(b_frag, kf)
     threads = [("threadIdx.z", tile.warps_m), ("threadIdx.y", tile.warps_n), ("threadIdx.x", WARP)]
     _stage_x(sch, x_shared, ko, 3, threads, next(v for v in (8, 4, 2, 1) if info.k % v == 0))
-    _dequantize_into_shared(sch, deq, ko, info.epw, SHARED, threads)
+    _dequantize_into_shared(sch, deq, ko, info.epw, SHARED, threads,
+                            whole_words=tile.bk % info.epw == 0)
     # Rows BK + 8 halves apart: a multiple of 16 bytes (wmma's ldm rule) that spreads the rows
     # of a fragment load over the banks (BK halves alone is a multiple of 128 bytes).
     sch.storage_align(x_shared, 0, axis=-2, factor=16, offset=8)

@@ -47,7 +47,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .analysis import DequantMatmul
+from .analysis import DequantMatmul, u32
 
 WARP = 32
 _MAGIC = 0x6400  # float16 1024.0: OR a code below 1024 into its mantissa to get 1024 + code
@@ -57,10 +57,6 @@ STRADDLE_WORDS = 2  # words per lane and step where words straddle groups (see t
 # code for 70 -> 95 registers; for 32-64-code chunks ptxas either recomputes the widening
 # anyway or needs up to 128 registers, which would cost the occupancy a memory-bound GEMV needs.
 X_F32_MAX_CODES = 20
-
-
-def _u32(v: int) -> tirx.PrimExpr:
-    return tirx.const(v, "uint32")
 
 
 def half2_applies(info: DequantMatmul) -> bool:
@@ -100,7 +96,7 @@ class _Pairs:
     @property
     def mask(self) -> tirx.PrimExpr:
         m = (1 << self.bits) - 1
-        return _u32(m | (m << 16))
+        return u32(m | (m << 16))
 
     def spread(self, word: tirx.PrimExpr) -> tirx.PrimExpr:
         """``word`` with codes ``half..epw-1`` starting at bit 16 (a no-op at 2 and 4 bits)."""
@@ -108,7 +104,7 @@ class _Pairs:
         if low == 16:
             return word
         low_mask = (1 << low) - 1
-        return (word & _u32(low_mask)) | ((word << _u32(16 - low)) & _u32(low_mask << 16))
+        return (word & u32(low_mask)) | ((word << u32(16 - low)) & u32(low_mask << 16))
 
     def pair(self, spread: tirx.PrimExpr, j: int) -> tirx.PrimExpr:
         """half2 ``(1024 + q_j, 1024 + q_{j + half})``.
@@ -119,22 +115,24 @@ class _Pairs:
         ptxas does not keep the magic in a register to merge the AND and the OR)."""
         m = (1 << self.bits) - 1
         shift = j * self.bits
-        magic = _u32(_MAGIC | (_MAGIC << 16))
+        magic = u32(_MAGIC | (_MAGIC << 16))
         if shift == 0:
             return tirx.reinterpret("float16x2", (spread & self.mask) | magic)
-        field = spread & _u32(((m << 16) | m) << shift)
-        return tirx.reinterpret("float16x2", (field >> _u32(shift)) + magic)
+        field = spread & u32(((m << 16) | m) << shift)
+        return tirx.reinterpret("float16x2", (field >> u32(shift)) + magic)
 
 
 def _half_bits(value: tirx.PrimExpr) -> tirx.PrimExpr:
     """The uint32 bit pattern of the half2 ``(value, value)`` for a float16 scalar."""
-    return tirx.reinterpret("uint16", value).astype("uint32") * _u32(0x00010001)
+    return tirx.reinterpret("uint16", value).astype("uint32") * u32(0x00010001)
 
 
-def _zero_code(zero: tirx.Buffer, n, g, pairs: _Pairs) -> tirx.PrimExpr:
-    """Code ``g`` of the packed zero points of row ``n`` (uint32)."""
-    shift = (tirx.floormod(g, pairs.epw) * pairs.bits).astype("uint32")
-    return (zero[n, tirx.floordiv(g, pairs.epw)] >> shift) & _u32((1 << pairs.bits) - 1)
+def _zero_magic(zero: tirx.Buffer, n, word, shift, bits: int) -> tirx.PrimExpr:
+    """The packed zero point at (``word``, bit ``shift``) of row ``n`` as the float16
+    ``1024 + zero``: the same magic offset the unpacked codes carry, so ``pair - zero``
+    cancels it exactly."""
+    code = (zero[n, word] >> shift.astype("uint32")) & u32((1 << bits) - 1)
+    return tirx.reinterpret("float16", (code | u32(_MAGIC)).astype("uint16"))
 
 
 def _replace(stmt: tirx.Stmt, target: tirx.Stmt, new: tirx.Stmt) -> tirx.Stmt | None:
@@ -244,8 +242,7 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
             else:
                 zword = tirx.floordiv(ko.loop_var * slab + lane_code, group * epw)
                 shift = tirx.floormod(g, epw) * pairs.bits
-            z = (buffers["zero"][n, zword] >> shift.astype("uint32")) & _u32((1 << pairs.bits) - 1)
-            zero = tirx.reinterpret("float16", (z | _u32(_MAGIC)).astype("uint16"))
+            zero = _zero_magic(buffers["zero"], n, zword, shift, pairs.bits)
         else:
             zero = tirx.const(1024 + (1 << (pairs.bits - 1)) - 1, "float16")
         return lambda _i, pair: (pair - tirx.Broadcast(zero, 2)) * scale
@@ -263,8 +260,8 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
         second is. Stored before the K loop in a register array (a bound variable would be
         substituted back into the loop by TVM's simplifier), so it costs a register."""
         if i not in masks:
-            lo = tirx.Select(lane_offset + i >= group, _u32(0xFFFF), _u32(0))
-            hi = tirx.Select(lane_offset + i + pairs.half >= group, _u32(0xFFFF0000), _u32(0))
+            lo = tirx.Select(lane_offset + i >= group, u32(0xFFFF), u32(0))
+            hi = tirx.Select(lane_offset + i + pairs.half >= group, u32(0xFFFF0000), u32(0))
             masks[i] = lo | hi
         return mask_buffer[list(masks).index(i)]
 
@@ -276,9 +273,9 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
             g_a = tirx.min(first, ngroups - 1)  # lanes past the row's end read in bounds
             g_b = tirx.min(first + 1, ngroups - 1)
             scales = [T.bind(_half_bits(buffers["scale"][n, g])) for g in (g_a, g_b)]
-            zeros = [T.bind(_half_bits(tirx.reinterpret(
-                "float16", (_zero_code(buffers["zero"], n, g, pairs) | _u32(_MAGIC)).astype("uint16"))))
-                for g in (g_a, g_b)]
+            zeros = [T.bind(_half_bits(_zero_magic(
+                buffers["zero"], n, tirx.floordiv(g, epw), tirx.floormod(g, epw) * pairs.bits,
+                pairs.bits))) for g in (g_a, g_b)]
             straddle_cache[n] = (scales, zeros)
         (s_a, s_b), (z_a, z_b) = straddle_cache[n]
 

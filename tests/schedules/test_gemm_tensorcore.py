@@ -53,6 +53,8 @@ SHAPES = [
     ("batch32", lambda m: dequant_matmul(m, 256, 1280, batch=32), 32),
     ("batch512", lambda m: dequant_matmul(m, 256, 1280, batch=512), 512),
     ("prefill_add", lambda m: dequant_matmul(m, 256, 1280, seq=_seq(), epilogue="add"), 37),
+    # K = 4096 (LLaMA's hidden size): 3-bit takes BK 64, tiles starting inside a word.
+    ("prefill_k4096", lambda m: dequant_matmul(m, 256, 4096, seq=_seq()), 37),
 ]
 
 
@@ -105,6 +107,7 @@ def test_tensor_core_kernels_compile(arch, tmp_path):
         ("q3f16_1", dequant_matmul("q3f16_1", 256, 1280, seq=_seq(), epilogue="add")),
         ("q2f16_g32asym", dequant_matmul("q2f16_g32asym", 256, 1280, batch=512)),
         ("q4f16_1", dequant_matmul("q4f16_1", 256, 1280, seq=_seq(), accum_dtype="float16")),
+        ("q3f16_g128asym", dequant_matmul("q3f16_g128asym", 256, 4096, seq=_seq())),
     ]):
         funcs[f"k{i}_{mode}"] = _tensor_core_mod(func, arch)["main"].with_attr(
             "global_symbol", f"k{i}")
@@ -122,6 +125,10 @@ EXACT = [
     ("q2f16_g32asym", 128, 600, 12, 12, None),     # 12 rows padded to 16; K padded
     ("q3f16_1", 128, 640, None, 37, "add"),        # symbolic: 37 of 64 rows; residual add
     ("q4f16_g128asym", 128, 1280, None, 70, "add"),  # two row tiles, the second partial
+    # 3-bit, K a multiple of 64 but not of 80: BK 64, tiles start inside words and inside
+    # groups of 40 (q3f16_1) or 32 codes, unpacked a code per thread step; no K padding.
+    ("q3f16_1", 128, 704, None, 37, "add"),
+    ("q3f16_g32asym", 64, 576, None, 70, None),
 ]
 
 
@@ -176,7 +183,17 @@ def test_cuda_core_path_where_tensor_cores_do_not_apply():
     f32 = dequant_matmul("q4f16_1", 256, 1280, seq=_seq(), x_dtype="float32",
                          out_dtype="float32")
     assert schedule_dequant_gemm_tc(f32, match_dequant_matmul(f32), tile, False) is None
-    # A symbolic token count with K not a multiple of BK (TVM 0.27 fails to lower it).
-    ragged = dequant_matmul("q3f16_1", 256, 4096, seq=_seq())
+    # A symbolic token count with K padded (TVM 0.27 fails to lower it): 3-bit K a multiple
+    # of neither 80 nor 64.
+    ragged = dequant_matmul("q3f16_1", 256, 1000, seq=_seq())
     info = match_dequant_matmul(ragged)
     assert schedule_dequant_gemm_tc(ragged, info, tensor_core_tile(info), False) is None
+
+
+@pytest.mark.parametrize("k, bk", [(1280, 80), (4096, 64), (11008, 64), (576, 64), (1000, 80)])
+def test_three_bit_tile_depth_avoids_padding_k(k, bk):
+    """3-bit BK: 80 (whole words) where it divides K, else 64 where that divides K, so no
+    LLaMA-shaped 3-bit prefill needs K padded (under a symbolic token count TVM 0.27 cannot
+    lower the padded x fill)."""
+    assert tensor_core_tile(match_dequant_matmul(
+        dequant_matmul("q3f16_1", 256, k, seq=_seq()))).bk == bk

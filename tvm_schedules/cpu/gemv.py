@@ -88,6 +88,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target, codegen
 
+from ..analysis import u32
 from .match import CPUMatmul, CPUMatmulRule, is_llvm, match_matmul
 
 ROWS = 4  # output rows sharing each x vector
@@ -158,10 +159,6 @@ class Chunk:
         if self.quads and v < 4:
             return (4 * (v // 2) + lane % 4) * self.epw + 4 * (v % 2) + lane // 4
         return (lane % self.words) * self.epw + v * self.per + lane // self.words
-
-
-def _u32(v: int) -> tirx.PrimExpr:
-    return tirx.const(v, "uint32")
 
 
 def _const_vector(values: list, dtype: str) -> tirx.PrimExpr:
@@ -256,7 +253,7 @@ class LutGEMV:
     def _code(self, packed: Var, row, col, epw: int) -> tirx.PrimExpr:
         """Code ``col`` of ``packed`` row ``row`` (the model's ``unpack_code``)."""
         shift = (tirx.floormod(col, epw) * self.bits).astype("uint32")
-        return (packed[row, tirx.floordiv(col, epw)] >> shift) & _u32(self.mask)
+        return (packed[row, tirx.floordiv(col, epw)] >> shift) & u32(self.mask)
 
     def _dequantize(self, code, row, col) -> tirx.PrimExpr:
         zero = (tirx.const(self.zero_const, "float32") if self.q_zero is None else
@@ -391,7 +388,7 @@ class LutGEMV:
                 else:
                     if len(groups) > 1:  # the code's low bits, then its group's table slot
                         slot = [groups.index(g) << self.bits for g in lane_group[v]]
-                        index = (index & tirx.Broadcast(_u32(self.mask), LANES)) | (
+                        index = (index & tirx.Broadcast(u32(self.mask), LANES)) | (
                             _const_vector(slot, "uint32"))
                     index = index.astype("int32x16")
                     if len(tables) == 1:
@@ -470,7 +467,7 @@ class LutGEMV:
             word = _splat(self.q_zero, [n, tirx.floordiv(g, self.epw)])
             shift = tirx.Broadcast((tirx.floormod(g, self.epw) * self.bits).astype("uint32"),
                                    LANES)
-            return ((word >> shift) & tirx.Broadcast(_u32(self.mask), LANES)).astype("float32x16")
+            return ((word >> shift) & tirx.Broadcast(u32(self.mask), LANES)).astype("float32x16")
         return zero
 
 
