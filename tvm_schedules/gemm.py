@@ -141,9 +141,17 @@ def _spread(sch: s_tir.Schedule, loop, threads: list[tuple[str, int]], vec: int 
 
 def _stage_x(sch: s_tir.Schedule, x_shared, ko, loops: int, threads: list[tuple[str, int]],
              vec: int) -> None:
-    """The x tile [BM, BK] -> shared memory once per K slice, ``vec`` halves a load."""
+    """The x tile [BM, BK] -> shared memory once per K slice, ``vec`` halves a load.
+
+    The vector lanes are split off K before the row and K loops are fused: fused first, a
+    lane's row index is ``(fused * vec + lane) // BK`` and the padding test ``row < rows``
+    then looks lane-dependent to TVM's vectorizer, which falls back to ``vec`` scalar loads,
+    each with its own test (every prefill's x fill, until 2026-11-24)."""
     sch.compute_at(x_shared, ko, preserve_unit_loops=True)
-    _spread(sch, sch.fuse(*sch.get_loops(x_shared)[-loops:]), threads, vec)
+    *rows, k = sch.get_loops(x_shared)[-loops:]
+    k_outer, lanes = sch.split(k, [None, vec])
+    _spread(sch, sch.fuse(*rows, k_outer), threads)
+    sch.vectorize(lanes)
 
 
 def _dequantize_into_shared(sch: s_tir.Schedule, deq, ko, epw: int, scope: str,
@@ -268,8 +276,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
 
     Per block a ``tile.bm x tile.bn`` output tile; per ``tile.bk`` slice of K:
 
-    * x [BM, BK] is staged in shared memory (8-wide vector loop; TVM emits it as scalar loads
-      when a padding predicate guards it), rows padded by 8 halves;
+    * x [BM, BK] is staged in shared memory, 16-byte loads with one padding test each (see
+      ``_stage_x``), rows padded by 8 halves;
     * the ``dequantize`` block itself fills the weight tile [BN, BK] in shared memory, each
       thread unpacking whole words (a word is read once per tile), as the CUDA-core path does,
       or a code per step for a 3-bit BK of 64 (``tensor_core_tile``);

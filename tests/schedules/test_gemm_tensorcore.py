@@ -118,6 +118,20 @@ def test_tensor_core_kernels_compile(arch, tmp_path):
     assert nvcc_compile(src, arch, tmp_path / f"{arch}.cubin").stat().st_size > 0
 
 
+@needs_tensorize
+@pytest.mark.parametrize("tensor_cores", [True, False], ids=["wmma", "cuda_cores"])
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1"])
+def test_padded_x_fill_is_vectorised(mode, tensor_cores):
+    """Under a symbolic token count the x tile's padding test is one per 16-byte load, not
+    eight scalar loads each behind its own test (what TVM's vectorizer emits when the lanes
+    are fused into the row index)."""
+    func = dequant_matmul(mode, 256, 4096, seq=_seq())
+    sch = DequantGEMM(tensor_cores=tensor_cores).apply(func, cuda_target("sm_90"), False)
+    src = cuda_source(sch.mod, cuda_target("sm_90"))
+    assert "*(uint4*)(x_ptr" in src
+    assert "half condval" not in src
+
+
 # (mode, n, k, batch or None for a symbolic token count, rows, epilogue)
 EXACT = [
     ("q4f16_1", 128, 600, 16, 16, None),           # BM 16; K padded 600 -> 640
