@@ -34,6 +34,7 @@ from tvm.ir.prim.expr import IntImm
 from tvm.target import Target
 
 from .analysis import DequantMatmul, DequantMatmulRule, is_cuda, sm_version, static_batch
+from .half2 import splice_half2_fill
 from .intrinsics import cuda_tensor_intrinsics
 
 
@@ -280,7 +281,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
       ``_stage_x``), rows padded by 8 halves;
     * the ``dequantize`` block itself fills the weight tile [BN, BK] in shared memory, each
       thread unpacking whole words (a word is read once per tile), as the CUDA-core path does,
-      or a code per step for a 3-bit BK of 64 (``tensor_core_tile``);
+      or a code per step for a 3-bit BK of 64 (``tensor_core_tile``); where a word's codes
+      share a group, in half2 pairs (``half2.splice_half2_fill``);
     * each warp loads 16x16 fragments of both tiles (``wmma.load_matrix_sync``; the weight
       tile is [n, k], i.e. B transposed) and issues ``wmma.mma_sync`` 16x16x16 into its
       accumulator fragments.
@@ -402,6 +404,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
     if group is not None:
         for loop, step in steps:
             sch.tensorize(loop, group[step])
+    if tile.bk % info.epw == 0 and info.k % tile.bk == 0:  # whole words, K not padded
+        sch = splice_half2_fill(sch, info, deq) or sch
     return sch
 
 

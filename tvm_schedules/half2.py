@@ -43,9 +43,11 @@ import contextlib
 import itertools
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
+from tvm.sym import Analyzer
 
 from .analysis import DequantMatmul, u32
 
@@ -336,3 +338,66 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
     if new is None:
         return None
     return s_tir.Schedule(sch.mod["main"].with_body(new))
+
+
+def _element(buffer: tirx.Buffer, row, col, cols: int = 1) -> tirx.BufferRegion:
+    """``buffer[row, col:col + cols]`` as a block's read or write region."""
+    return tirx.BufferRegion(buffer, [tvm.ir.Range.from_min_extent(row, 1),
+                                      tvm.ir.Range.from_min_extent(col, cols)])
+
+
+def splice_half2_fill(sch: s_tir.Schedule, info: DequantMatmul, deq_block) -> s_tir.Schedule | None:
+    """``sch`` (a scheduled ``DequantGEMM``) with its shared weight tile filled in half2 pairs;
+    None where that does not apply (the caller keeps ``sch``).
+
+    The GEMM's fill gives each thread whole words (``gemm._dequantize_into_shared``): an
+    unrolled loop over the ``epw`` codes of one word, each a scalar shift, mask, convert,
+    subtract and multiply. Here the loop becomes one word load and, per pair, the two bit
+    operations and one ``HSUB2`` / ``HMUL2`` the GEMVs use, both halves stored to their places
+    in the tile. Applies where a word's codes share one group (2 and 4 bits, q3f16_1) and K
+    is not padded (the pad block's test would have to go in)."""
+    if not half2_applies(info) or info.group % info.epw:
+        return None
+    code_loop = sch.get(sch.get_loops(deq_block)[-1])
+    realize = code_loop.body
+    if (not isinstance(realize, s_tir.stmt.SBlockRealize) or int(code_loop.extent) != info.epw
+            or len(realize.iter_values) != 2):
+        return None
+    block = realize.block
+    store = block.body
+    if not isinstance(store, tirx.BufferStore) or len(block.writes) != 1:
+        return None
+    reads = {r.source.dtype + ("_zero" if "zero" in r.source.name else ""): r.source
+             for r in block.reads}
+    weight, scale, zero = reads.get("uint32"), reads.get("float16"), reads.get("uint32_zero")
+    if weight is None or scale is None:
+        return None
+    analyzer = Analyzer()
+    analyzer.bind(code_loop.loop_var, tirx.const(0, code_loop.loop_var.ty.dtype))
+    n, k0 = (analyzer.simplify(v) for v in realize.iter_values)  # the word's first code
+    pairs, epw = _Pairs(info.bits, info.epw), info.epw
+    tile = store.buffer
+    g = tirx.floordiv(k0, info.group)
+    if zero is not None:
+        zero_value = _zero_magic(zero, n, tirx.floordiv(g, epw), tirx.floormod(g, epw) * info.bits,
+                                 info.bits)
+    else:
+        zero_value = tirx.const(1024 + (1 << (info.bits - 1)) - 1, "float16")
+    with IRBuilder() as ib:
+        with T.sblock("dequant_fill_half2"):
+            T.reads(*[_element(buf, n, col) for buf, col in (
+                (weight, tirx.floordiv(k0, epw)), (scale, g),
+                *([(zero, tirx.floordiv(g, epw))] if zero is not None else []))])
+            T.writes(_element(tile, n, k0, epw))
+            T.sblock_attr(dict(block.annotations))
+            spread = T.bind(pairs.spread(weight[n, tirx.floordiv(k0, epw)]))
+            # Scalars bound, broadcast where used: TVMScript cannot parse a float16x2 binding
+            # back (the CPU check goes through the script text).
+            zero2 = tirx.Broadcast(T.bind(zero_value), 2)
+            scale2 = tirx.Broadcast(T.bind(scale[n, g]), 2)
+            for j in range(pairs.half):  # pair j holds tile elements j and j + half
+                d = (pairs.pair(spread, j) - zero2) * scale2
+                for h in (0, 1):
+                    T.buffer_store(tile, tirx.Shuffle([d], [h]), [n, k0 + j + h * pairs.half])
+    new = _replace(sch.mod["main"].body, code_loop, ib.get())
+    return None if new is None else s_tir.Schedule(sch.mod["main"].with_body(new))

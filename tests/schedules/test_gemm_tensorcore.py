@@ -141,9 +141,24 @@ EXACT = [
     ("q4f16_g128asym", 128, 1280, None, 70, "add"),  # two row tiles, the second partial
     # 3-bit, K a multiple of 64 but not of 80: BK 64, tiles start inside words and inside
     # groups of 40 (q3f16_1) or 32 codes, unpacked a code per thread step; no K padding.
+    ("q2f16_g32asym", 128, 640, 16, 16, "add"),  # half2 fill, 16-code words
     ("q3f16_1", 128, 704, None, 37, "add"),
     ("q3f16_g32asym", 64, 576, None, 70, None),
 ]
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_half2_fill_where_a_word_shares_one_group(mode):
+    """The weight tile is filled in half2 pairs (half2.splice_half2_fill) where a word's codes
+    share a group and K is not padded; the straddling 3-bit modes keep the scalar fill, and
+    so does a 3-bit tile of 64 codes (it starts inside a word)."""
+    def filled_in_pairs(k):
+        return "dequant_fill_half2" in _untensorized(dequant_matmul(mode, 256, k, seq=_seq())).script()
+
+    whole_groups = MODES[mode].group_size % (10 if MODES[mode].bits == 3 else 1) == 0
+    assert filled_in_pairs(1280) == whole_groups
+    if MODES[mode].bits == 3:
+        assert not filled_in_pairs(4096)  # BK 64
 
 
 @pytest.mark.parametrize("case", EXACT, ids=[f"{c[0]}-{c[3] or 'seq'}" for c in EXACT])
