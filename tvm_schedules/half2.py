@@ -1,4 +1,5 @@
-"""The GEMVs' inner work in half2 pairs: two codes per bit operation and per float16 op.
+"""Dequantizing in half2 pairs: two codes per bit operation and per float16 op (the GEMVs'
+inner work, and the GEMM's shared-tile fill).
 
 Per weight code, the scalar form the model's dequantize gives costs shift, mask, int->float16
 convert, subtract the zero, multiply the scale (float16), widen and FMA: 7-8 SASS instructions,
@@ -32,7 +33,9 @@ and ``B``), and gives each pair its ``(A & ~m) | (B & m)``, one ``LOP3``, where 
 ``splice_half2_dot`` replaces the unrolled register-level loops of the GEMV rules' rfactor
 block (rows of the warp x rows of x x words of the lane x codes) by this body; the caches, the
 warp reduction and the epilogue of the schedule stay. With several rows of x (``LowBatchGEMV``)
-a pair is dequantized once and used for every row. TVM writes float16x2 arithmetic lane by lane
+a pair is dequantized once and used for every row. ``splice_half2_fill`` does the same for
+the unrolled word loop that fills ``DequantGEMM``'s shared weight tile. TVM writes float16x2
+arithmetic lane by lane
 in CUDA C, and nvcc pairs it back into ``HSUB2`` / ``HMUL2`` (checked on the SASS by
 ``tests/schedules/test_half2.py``).
 """
