@@ -35,9 +35,8 @@ block (rows of the warp x rows of x x words of the lane x codes) by this body; t
 warp reduction and the epilogue of the schedule stay. With several rows of x (``LowBatchGEMV``)
 a pair is dequantized once and used for every row. ``splice_half2_fill`` does the same for
 the unrolled word loop that fills ``DequantGEMM``'s shared weight tile. TVM writes float16x2
-arithmetic lane by lane
-in CUDA C, and nvcc pairs it back into ``HSUB2`` / ``HMUL2`` (checked on the SASS by
-``tests/schedules/test_half2.py``).
+arithmetic lane by lane in CUDA C, and nvcc pairs it back into ``HSUB2`` / ``HMUL2`` (checked
+on the SASS by ``tests/schedules/test_half2.py``).
 """
 
 from __future__ import annotations
