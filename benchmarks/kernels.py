@@ -2,7 +2,8 @@
 
 For LLaMA-7B / 13B projection shapes (qkv, o, gate_up, down, lm_head), every quantized export
 mode, decode batch 1, 4 and 16 and a 512-token prefill, it times our kernel and dlight's (as
-MLC-LLM applies it: LowBatchGEMV for a symbolic batch of 2..8, then Matmul / GEMV) and reports
+MLC-LLM applies it: LowBatchGEMV for a symbolic batch of 2..8, then Matmul / GEMV; the
+prefill, as in the compiled model, with a symbolic token count on both sides) and reports
 GB/s, the percentage of the same GPU's measured device-to-device copy bandwidth, and the
 speedup over dlight. In the same run it times the peers a user could pick instead on the same
 shapes (gemlite A16W4 / A16W2 with group scales and zeros, torch's int4
@@ -88,7 +89,7 @@ class KernelSpec:
     lib: str = ""
     symbol: str = ""
     symbolic_batch: bool = False  # dlight's LowBatchGEMV kernel takes a symbolic batch
-    symbolic_seq: bool = False  # dlight's prefill kernel takes a symbolic token count
+    symbolic_seq: bool = False  # the prefill kernel takes a symbolic token count (both sides)
     arg_shapes: list = field(default_factory=list)  # [[shape, dtype], ...] incl. output
 
     @property
@@ -156,10 +157,12 @@ def schedule_kernel(spec: KernelSpec, target):
             rules = [dl.gpu.LowBatchGEMV(4)]
         rules += _dlight_rules()
     seq: int | tirx.Var = spec.seq
-    if spec.schedule == "dlight" and spec.seq > 1:
-        # Prefill is symbolic in the compiled model; dlight's Matmul also takes ~50 s to
-        # schedule a static 512-row one. (An int32 var: int64 trips its index-dtype check.)
-        seq = tirx.Var("seq_len", "int32")
+    if spec.seq > 1:
+        # Prefill is symbolic in the compiled model, so both sides time that function (ours
+        # is then LowBatchDispatch's, whose GEMM branch 512 rows take; its tile depth for
+        # 3-bit depends on it). dlight's Matmul also takes ~50 s to schedule a static 512-row
+        # one. (dlight: an int32 var, int64 trips its index-dtype check; ours: int64, as Relax.)
+        seq = tirx.Var("seq_len", "int32" if spec.schedule == "dlight" else "int64")
         spec.symbolic_seq = True
     # dlight's Matmul tensorizes the prefill on sm_80+ as in MLC's pipeline (it crashed before
     # apache-tvm-ffi was pinned to 0.1.14.post1, see docs/schedules.md), as our GEMM does.

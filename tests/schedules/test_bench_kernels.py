@@ -54,7 +54,7 @@ def test_schedules_match_the_pipelines(kernels, sm90):
     assert owners[("b1", "ours")] == "ours.DecodeGEMV"
     assert owners[("b4", "ours")] == "ours.LowBatchGEMV"
     assert owners[("b16", "ours")] == "ours.DequantGEMM"
-    assert owners[("prefill512", "ours")] == "ours.DequantGEMM"
+    assert owners[("prefill512", "ours")] == "ours.LowBatchDispatch"  # as the model's prefill
     assert owners[("b4", "dlight")] == "dlight.LowBatchGEMV"  # MLC's symbolic-batch path
     assert owners[("b1", "dlight")].startswith("dlight.")
 
@@ -110,3 +110,15 @@ def test_timings_carry_the_static_audit(kernels, tmp_path):
                            "kernels": rows, "peers": []})
     assert "| 2.0 | 4.78 : 8.12 | 40 : 64 |" in md
     assert kernels.attach_audit([{"id": "a"}], "sm_80", tmp_path) == [{"id": "a"}]  # no audit there
+
+
+def test_audit_reads_the_kernel_the_rows_run():
+    """A dispatched prefill function holds four kernels, the GEMM last; others hold one."""
+    spec = importlib.util.spec_from_file_location("kernel_audit", ROOT / "benchmarks/kernel_audit.py")
+    audit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(audit)
+    resources = {"k1_kernel": "gemv", "k1_kernel_1": "low2", "k1_kernel_2": "low4",
+                 "k1_kernel_3": "gemm", "k10_kernel": "only", "k2_kernel": "decode"}
+    assert audit.timed_kernel(resources, "k1") == "gemm"
+    assert audit.timed_kernel(resources, "k10") == "only"
+    assert audit.timed_kernel(resources, "k2") == "decode"
