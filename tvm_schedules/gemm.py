@@ -161,13 +161,16 @@ def _dequantize_into_shared(sch: s_tir.Schedule, deq, ko, epw: int, scope: str,
     (a word is read once per tile and its ``epw`` codes unpacked in registers).
 
     Without ``whole_words`` (a 3-bit tile of 64 codes starts inside a word) a thread step is
-    one code: the lanes of a warp walk 32 consecutive codes of a row, so the few words they
-    share are one cached load, at the price of unpacking per code."""
+    an aligned pair of codes (2m, 2m + 1): words start at multiples of 10 and groups at even
+    code indices, so both codes share one word, scale and zero load. The lanes of a warp walk
+    64 consecutive codes of a row, whose few words are cached loads."""
     sch.set_scope(deq, 0, scope)  # before compute_at: shared regions span the block's threads
     sch.compute_at(deq, ko, preserve_unit_loops=True)
     dn, dk = sch.get_loops(deq)[-2:]
     if not whole_words:
-        _spread(sch, sch.fuse(dn, dk), threads)
+        dk_pair, dk_code = sch.split(dk, [None, 2])
+        _spread(sch, sch.fuse(dn, dk_pair), threads)
+        sch.unroll(dk_code)
         return
     dk_word, dk_code = sch.split(dk, [None, epw])
     _spread(sch, sch.fuse(dn, dk_word), threads)
