@@ -167,13 +167,8 @@ def _dequantize_into_shared(sch: s_tir.Schedule, deq, ko, epw: int, scope: str,
     sch.set_scope(deq, 0, scope)  # before compute_at: shared regions span the block's threads
     sch.compute_at(deq, ko, preserve_unit_loops=True)
     dn, dk = sch.get_loops(deq)[-2:]
-    if not whole_words:
-        dk_pair, dk_code = sch.split(dk, [None, 2])
-        _spread(sch, sch.fuse(dn, dk_pair), threads)
-        sch.unroll(dk_code)
-        return
-    dk_word, dk_code = sch.split(dk, [None, epw])
-    _spread(sch, sch.fuse(dn, dk_word), threads)
+    dk_step, dk_code = sch.split(dk, [None, epw if whole_words else 2])
+    _spread(sch, sch.fuse(dn, dk_step), threads)
     sch.unroll(dk_code)
 
 
@@ -284,7 +279,8 @@ def schedule_dequant_gemm_tc(func: tirx.PrimFunc, info: DequantMatmul, tile: Ten
       ``_stage_x``), rows padded by 8 halves;
     * the ``dequantize`` block itself fills the weight tile [BN, BK] in shared memory, each
       thread unpacking whole words (a word is read once per tile), as the CUDA-core path does,
-      or a code per step for a 3-bit BK of 64 (``tensor_core_tile``); where a word's codes
+      or an aligned pair of codes per step for a 3-bit BK of 64 (``tensor_core_tile``);
+      where a word's codes
       share a group, in half2 pairs (``half2.splice_half2_fill``);
     * each warp loads 16x16 fragments of both tiles (``wmma.load_matrix_sync``; the weight
       tile is [n, k], i.e. B transposed) and issues ``wmma.mma_sync`` 16x16x16 into its

@@ -131,6 +131,15 @@ def _half_bits(value: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.reinterpret("uint16", value).astype("uint32") * u32(0x00010001)
 
 
+def _group_zero(zero: tirx.Buffer | None, n, g, pairs: _Pairs) -> tirx.PrimExpr:
+    """``1024 + zero point`` of group ``g`` of row ``n`` (float16); without packed zeros
+    (MLC's symmetric modes) the fixed ``2^(bits-1) - 1``."""
+    if zero is None:
+        return tirx.const(1024 + (1 << (pairs.bits - 1)) - 1, "float16")
+    return _zero_magic(zero, n, tirx.floordiv(g, pairs.epw),
+                       tirx.floormod(g, pairs.epw) * pairs.bits, pairs.bits)
+
+
 def _zero_magic(zero: tirx.Buffer, n, word, shift, bits: int) -> tirx.PrimExpr:
     """The packed zero point at (``word``, bit ``shift``) of row ``n`` as the float16
     ``1024 + zero``: the same magic offset the unpacked codes carry, so ``pair - zero``
@@ -248,7 +257,7 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
                 shift = tirx.floormod(g, epw) * pairs.bits
             zero = _zero_magic(buffers["zero"], n, zword, shift, pairs.bits)
         else:
-            zero = tirx.const(1024 + (1 << (pairs.bits - 1)) - 1, "float16")
+            zero = _group_zero(None, n, g, pairs)
         return lambda _i, pair: (pair - tirx.Broadcast(zero, 2)) * scale
 
     # Straddling words: lane t's codes start at offset 20 t mod G in their group at every step
@@ -277,9 +286,8 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
             g_a = tirx.min(first, ngroups - 1)  # lanes past the row's end read in bounds
             g_b = tirx.min(first + 1, ngroups - 1)
             scales = [T.bind(_half_bits(buffers["scale"][n, g])) for g in (g_a, g_b)]
-            zeros = [T.bind(_half_bits(_zero_magic(
-                buffers["zero"], n, tirx.floordiv(g, epw), tirx.floormod(g, epw) * pairs.bits,
-                pairs.bits))) for g in (g_a, g_b)]
+            zeros = [T.bind(_half_bits(_group_zero(buffers["zero"], n, g, pairs)))
+                     for g in (g_a, g_b)]
             straddle_cache[n] = (scales, zeros)
         (s_a, s_b), (z_a, z_b) = straddle_cache[n]
 
@@ -380,11 +388,7 @@ def splice_half2_fill(sch: s_tir.Schedule, info: DequantMatmul, deq_block) -> s_
     pairs, epw = _Pairs(info.bits, info.epw), info.epw
     tile = store.buffer
     g = tirx.floordiv(k0, info.group)
-    if zero is not None:
-        zero_value = _zero_magic(zero, n, tirx.floordiv(g, epw), tirx.floormod(g, epw) * info.bits,
-                                 info.bits)
-    else:
-        zero_value = tirx.const(1024 + (1 << (info.bits - 1)) - 1, "float16")
+    zero_value = _group_zero(zero, n, g, pairs)
     with IRBuilder() as ib:
         with T.sblock("dequant_fill_half2"):
             T.reads(*[_element(buf, n, col) for buf, col in (
