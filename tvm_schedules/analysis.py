@@ -237,3 +237,12 @@ class DequantMatmulRule(abc.ABC):
 def u32(value: int) -> tirx.PrimExpr:
     """A uint32 constant: the packed words' dtype, which every unpacking expression keeps."""
     return tirx.const(value, "uint32")
+
+
+def read_buffer(sch: s_tir.Schedule, block, name_part: str) -> tirx.Buffer | None:
+    """The buffer ``block`` reads whose name holds ``name_part`` ("scale", "zero"): the
+    exporter's parameter names are what tells the group scales from the packed zero points."""
+    for region in sch.get(block).reads:
+        if name_part in region.source.name:
+            return region.source
+    return None

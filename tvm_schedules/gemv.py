@@ -30,7 +30,7 @@ from tvm import s_tir, tirx
 from tvm.ir.prim.expr import IntImm
 from tvm.target import Target
 
-from .analysis import DequantMatmul, DequantMatmulRule
+from .analysis import DequantMatmul, DequantMatmulRule, read_buffer
 from .half2 import half2_applies, splice_half2_dot, straddles, words_per_step
 
 WARP = 32
@@ -56,13 +56,6 @@ def _read_index(sch: s_tir.Schedule, block, buffer: tirx.Buffer) -> int | None:
     for i, region in enumerate(sch.get(block).reads):
         if region.source.same_as(buffer):
             return i
-    return None
-
-
-def _buffer_by_name(sch: s_tir.Schedule, block, name_part: str) -> tirx.Buffer | None:
-    for region in sch.get(block).reads:
-        if name_part in region.source.name:
-            return region.source
     return None
 
 
@@ -100,8 +93,8 @@ def schedule_dequant_gemv(info: DequantMatmul, tile_n: int, ty: int) -> s_tir.Sc
 
     # Register caches at the slab loop: packed words, scales, zeros and the x slice.
     caches = []  # (role, source buffer, cache block)
-    sources = {"weight": info.weight_buffer, "scale": _buffer_by_name(sch, rf, "scale"),
-               "zero": _buffer_by_name(sch, rf, "zero"), "x": info.x_buffer}
+    sources = {"weight": info.weight_buffer, "scale": read_buffer(sch, rf, "scale"),
+               "zero": read_buffer(sch, rf, "zero"), "x": info.x_buffer}
     for role, buffer in sources.items():
         if buffer is None:
             continue

@@ -51,7 +51,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 from tvm.sym import Analyzer
 
-from .analysis import DequantMatmul, u32
+from .analysis import DequantMatmul, read_buffer, u32
 
 WARP = 32
 _MAGIC = 0x6400  # float16 1024.0: OR a code below 1024 into its mantissa to get 1024 + code
@@ -377,10 +377,9 @@ def splice_half2_fill(sch: s_tir.Schedule, info: DequantMatmul, deq_block) -> s_
     store = block.body
     if not isinstance(store, tirx.BufferStore) or len(block.writes) != 1:
         return None
-    reads = {r.source.dtype + ("_zero" if "zero" in r.source.name else ""): r.source
-             for r in block.reads}
-    weight, scale, zero = reads.get("uint32"), reads.get("float16"), reads.get("uint32_zero")
-    if weight is None or scale is None:
+    weight = info.weight_buffer
+    scale, zero = read_buffer(sch, deq_block, "scale"), read_buffer(sch, deq_block, "zero")
+    if scale is None:
         return None
     analyzer = Analyzer()
     analyzer.bind(code_loop.loop_var, tirx.const(0, code_loop.loop_var.ty.dtype))
