@@ -34,6 +34,12 @@ def exact_case(mode: str, n: int, k: int, rows: int, seed: int = 0):
     return t, x
 
 
+def packed_params(t: dict) -> list:
+    """The packed weight arguments of a dequantize-matmul, in the function's parameter order:
+    q_weight, q_scale and, for the asymmetric modes, q_zero."""
+    return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+
+
 @pytest.fixture(scope="session")
 def sm90() -> tvm.target.Target:
     return cuda_target("sm_90")

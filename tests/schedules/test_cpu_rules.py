@@ -18,7 +18,7 @@ from tvm.s_tir import dlight as dl
 from desv_export.compile import host_cpu_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, first_rule
+from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
 from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
 from tvm_schedules.cpu.match import match_matmul
@@ -51,10 +51,6 @@ def _uses_lut(mod) -> bool:
     return PERMUTE in script or PERMUTE2 in script
 
 
-def _weights(t):
-    return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
-
-
 @pytest.mark.parametrize("mode", QUANT_MODES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_cpu_matmul_is_exact(mode, case):
@@ -81,7 +77,7 @@ def _check_exact(mode, case, target):
     t, x16 = exact_case(mode, n, k, m)
     x = x16.astype(np.float32)
     expect = x @ dequantize(mode, t, k).astype(np.float32).T
-    args = [x.reshape(batch, rows, k), *_weights(t)]
+    args = [x.reshape(batch, rows, k), *packed_params(t)]
     if epilogue == "add":
         residual = np.random.default_rng(1).integers(-8, 8, (m, n)).astype(np.float32) / 8
         args.append(residual.reshape(batch, rows, n))
@@ -102,7 +98,7 @@ def test_cpu_embedding_gather_is_exact(mode):
     ids = np.array([3, 0, 49, 3, 17], np.int32)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((len(ids), hidden), np.float16), dev)
-    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [ids, *_weights(t)]], out)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in [ids, *packed_params(t)]], out)
     np.testing.assert_array_equal(out.numpy(), dequantize(mode, t, hidden)[ids])
 
 
@@ -149,7 +145,7 @@ def test_float32_dequantize_is_float16_exact(mode):
     assert expect.dtype == np.float16
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((n, k), np.float32), dev)
-    lib["main"](*[tvm.runtime.tensor(a, dev) for a in _weights(t)], out)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in packed_params(t)], out)
     got = out.numpy()
     np.testing.assert_array_equal(got, expect.astype(np.float32))
     # Float32 arithmetic without the float16 rounding differs on these data.

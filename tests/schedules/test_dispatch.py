@@ -16,7 +16,7 @@ import tvm
 from tvm import tirx
 
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case
+from tests.schedules.conftest import cuda_target, exact_case, packed_params
 from tvm_schedules import cuda_rules
 from tvm_schedules.cpu_check import build_cpu, cuda_source, nvcc_compile
 from tvm_schedules.dispatch import LowBatchDispatch
@@ -43,8 +43,7 @@ def _check_rows(mode: str, n: int, k: int, row_counts, epilogue=None) -> None:
     dev = tvm.cpu()
     for rows in row_counts:
         t, x = exact_case(mode, n, k, rows, seed=rows)
-        args = [x.reshape(rows, 1, k), t["q_weight"], t["q_scale"]] + (
-            [t["q_zero"]] if "q_zero" in t else [])
+        args = [x.reshape(rows, 1, k), *packed_params(t)]
         expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
         if epilogue == "add":
             residual = np.random.default_rng(rows).integers(-8, 8, (rows, n)).astype(np.float16) / 8

@@ -25,7 +25,7 @@ from tvm import tirx
 
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import CUDA_ARCHS, cuda_target, exact_case
+from tests.schedules.conftest import CUDA_ARCHS, cuda_target, exact_case, packed_params
 from tvm_schedules import DequantGEMM
 from tvm_schedules.analysis import match_dequant_matmul
 from tvm_schedules.cpu_check import build_cpu, cuda_source, nvcc_compile
@@ -169,8 +169,7 @@ def test_untensorized_schedule_is_exact(case):
                           seq=_seq() if symbolic else 1, epilogue=epilogue)
     shape = (1, rows) if symbolic else (rows, 1)
     t, x = exact_case(mode, n, k, rows, seed=7)
-    args = [x.reshape(*shape, k), t["q_weight"], t["q_scale"]] + (
-        [t["q_zero"]] if "q_zero" in t else [])
+    args = [x.reshape(*shape, k), *packed_params(t)]
     expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
     if epilogue == "add":
         residual = np.random.default_rng(1).integers(-8, 8, (rows, n)).astype(np.float16) / 8

@@ -10,7 +10,7 @@ import tvm
 
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case
+from tests.schedules.conftest import cuda_target, exact_case, packed_params
 from tvm_schedules import DecodeGEMV
 from tvm_schedules.cpu_check import build_cpu, cuda_source
 from tvm_schedules.resources import cuobjdump, kernel_resources
@@ -37,7 +37,7 @@ def test_half2_body_is_used_for_every_mode(mode):
 def _run(mode: str, n: int, k: int, x: np.ndarray, t: dict, residual: np.ndarray) -> np.ndarray:
     sch = _decode(mode, n, k, epilogue="add")
     assert "dequant_dot_half2" in sch.mod["main"].script()
-    args = [x.reshape(1, 1, k), t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+    args = [x.reshape(1, 1, k), *packed_params(t)]
     args.append(residual.reshape(1, 1, n))
     out = tvm.runtime.tensor(np.zeros((1, 1, n), np.float16))
     build_cpu(sch.mod["main"])["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)

@@ -16,7 +16,7 @@ from tvm import tirx
 
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, first_rule
+from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params
 from tvm_schedules import cuda_rules
 from tvm_schedules.cpu_check import build_cpu, serialize_threads
 from tvm_schedules.workloads import dequant_matmul, dequant_take, random_quantized
@@ -34,10 +34,6 @@ def _run(lib, args, out_shape):
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float16), dev)
     lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
     return out.numpy()
-
-
-def _weights(mode, t):
-    return [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
 
 
 # (batch, seq symbolic?, run-time rows, n, k, epilogue): decode, low batch, prefill GEMM
@@ -59,7 +55,7 @@ def test_scheduled_matmul_is_exact(mode, case):
     lib = build_cpu(mod)
     m = batch * rows
     t, x = exact_case(mode, n, k, m)
-    args = [x.reshape(batch, rows, k), *_weights(mode, t)]
+    args = [x.reshape(batch, rows, k), *packed_params(t)]
     expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
     if epilogue == "add":
         residual = np.random.default_rng(1).integers(-8, 8, (m, n)).astype(np.float16) / 8
@@ -76,7 +72,7 @@ def test_gemm_static_batch_is_exact(mode):
     name, mod = _schedule(dequant_matmul(mode, n, k, batch=batch), cuda_target("sm_75"))
     assert name == "DequantGEMM"
     t, x = exact_case(mode, n, k, batch, seed=5)
-    got = _run(build_cpu(mod), [x.reshape(batch, 1, k), *_weights(mode, t)], (batch, 1, n))
+    got = _run(build_cpu(mod), [x.reshape(batch, 1, k), *packed_params(t)], (batch, 1, n))
     expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
     np.testing.assert_array_equal(got.reshape(batch, n).astype(np.float32), expect)
 
@@ -89,7 +85,7 @@ def test_gemm_static_batch_is_exact(mode):
 def test_decode_ragged_shapes_are_exact(mode, n, k):
     _, mod = _schedule(dequant_matmul(mode, n, k))
     t, x = exact_case(mode, n, k, 1, seed=3)
-    got = _run(build_cpu(mod), [x.reshape(1, 1, k), *_weights(mode, t)], (1, 1, n))
+    got = _run(build_cpu(mod), [x.reshape(1, 1, k), *packed_params(t)], (1, 1, n))
     expect = x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T
     np.testing.assert_array_equal(got.reshape(1, n).astype(np.float32), expect)
 
@@ -102,7 +98,7 @@ def test_take_gathers_dequantized_rows(mode):
     assert name == "DequantTake"
     t = random_quantized(mode, vocab, hidden, np.random.default_rng(2))
     ids = np.array([3, 0, 49, 3, 17], np.int32)
-    got = _run(build_cpu(mod), [ids, *_weights(mode, t)], (len(ids), hidden))
+    got = _run(build_cpu(mod), [ids, *packed_params(t)], (len(ids), hidden))
     np.testing.assert_array_equal(got, dequantize(mode, t, hidden)[ids])
 
 
@@ -116,7 +112,7 @@ def test_realistic_data_matches_unscheduled_within_fp16_rounding():
         rng = np.random.default_rng(4)
         t = random_quantized(mode, n, k, rng)
         x = rng.uniform(-1, 1, (batch, 1, k)).astype(np.float16)
-        args = [x, *_weights(mode, t)]
+        args = [x, *packed_params(t)]
         got = _run(build_cpu(mod), args, (batch, 1, n)).astype(np.float32)
         ref = _run(tvm.compile(tvm.IRModule({"main": func}), target="llvm"), args,
                    (batch, 1, n)).astype(np.float32)
