@@ -4,8 +4,9 @@ For LLaMA-7B / 13B projection shapes (qkv, o, gate_up, down, lm_head), every qua
 mode, decode batch 1, 4 and 16 and a 512-token prefill, it times our kernel and dlight's (as
 MLC-LLM applies it: LowBatchGEMV for a symbolic batch of 2..8, then Matmul / GEMV; the
 prefill, as in the compiled model, with a symbolic token count on both sides; our batch 4 and
-16 are our static-batch kernels, while the model's symbolic ``batch_decode`` of 2..8 rows still
-takes dlight's LowBatchGEMV, see docs/schedules.md) and reports
+16 are our static-batch kernels: at 4 the very kernel the model's symbolic ``batch_decode``
+runs for 4 rows, at 16 a GEMM with 16-row tiles where the model's takes its 64-row one, see
+docs/schedules.md) and reports
 GB/s, the percentage of the same GPU's measured device-to-device copy bandwidth, and the
 speedup over dlight. In the same run it times the peers a user could pick instead on the same
 shapes (gemlite A16W4 / A16W2 with group scales and zeros, torch's int4

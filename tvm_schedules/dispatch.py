@@ -7,20 +7,24 @@ count that is a symbolic variable at compile time, one sequence's decode include
 ``LowBatchDispatch`` builds, as MLC-LLM's ``LowBatchGemvSpecialize`` pass does, one PrimFunc
 whose body branches on the row count:
 
-* rows == 1: our ``DecodeGEMV``, scheduled on the function specialised to one row (so
-  ``mlc_llm``'s single-sequence decode runs the same kernel as our ``decode``);
-* rows <= 2: dlight's ``LowBatchGEMV(2)`` schedule (pads the symbolic rows to 2);
-* rows <= 8: dlight's ``LowBatchGEMV(4)``;
+* rows == r for each r in 1..8: our GEMV scheduled on the function specialised to exactly r
+  rows (``DecodeGEMV`` for one, so ``mlc_llm``'s single-sequence decode runs the same kernel
+  as our ``decode``; ``LowBatchGEMV`` for 2..8, whose half2 body needs a static row count);
 * otherwise: our ``DequantGEMM``.
 
-Joined, the branches must still build: the rule returns the fullest of (one row, dlight's
-buckets, GEMM) and (one row, GEMM) that TVM lowers (``_lowers``), else None (``DequantGEMM``
-then takes every row count). Only the CUDA-core GEMM with a batch-axis row count has needed
-the fallback so far (a 3-bit K that is a multiple of neither 80 nor 64, or sm < 80).
+MLC instead pads 2..8 rows to dlight's ``LowBatchGEMV`` buckets of 2 and 4 (5 rows compute
+8). A kernel per count costs compile time and library size, not run time: the static audit
+puts our batch-4 GEMV at 3.0-5.0 SASS instructions per code and row against 6.2-7.9 for
+dlight's bucket-4 kernel (docs/schedules.md).
 
-The dlight and GEMM schedules come from the same PrimFunc, so they share its parameters; the
-one-row branch's parameters are re-declared with one row and matched onto the originals'
-first row (``MatchBufferRegion``, lowered by TVM). The branches are joined under one root
+Joined, the branches must still build: the rule returns the fullest of (every count, GEMM)
+and (one row, GEMM) that TVM lowers (``_lowers``), else None (``DequantGEMM`` then takes every
+row count). Only the CUDA-core GEMM with a batch-axis row count has needed the fallback so far
+(a 3-bit K that is a multiple of neither 80 nor 64, or sm < 80).
+
+Each specialised branch re-declares x, the residual and the output with its row count and
+matches them onto the leading rows of the originals (``MatchBufferRegion``, lowered by TVM);
+weights, scales and zeros are shared as they are. The branches are joined under one root
 block; each condition is marked thread-invariant so the branch is hoisted out of the kernels
 (one launch per call, as in MLC).
 """
@@ -34,10 +38,11 @@ from tvm.target import Target
 
 from .analysis import is_cuda, match_dequant_matmul
 from .gemm import DequantGEMM
-from .gemv import DecodeGEMV
+from .gemv import DecodeGEMV, LowBatchGEMV
 
-# (largest row count, dlight LowBatchGEMV bucket): MLC-LLM's buckets.
-LOW_BATCH = ((2, 2), (8, 4))
+# Row counts 1..MAX_GEMV_ROWS get a GEMV of their own (MLC-LLM's low-batch limit); more rows
+# take the GEMM.
+MAX_GEMV_ROWS = 8
 
 
 def _row_var(func: tirx.PrimFunc) -> tirx.Var | None:
@@ -52,31 +57,46 @@ def _row_var(func: tirx.PrimFunc) -> tirx.Var | None:
     return next(iter(found.values())) if len(found) == 1 else None
 
 
-def _one_row(func: tirx.PrimFunc, rows: tirx.Var) -> tirx.PrimFunc:
-    """``func`` with the row count fixed to 1: the first parameter whose shape holds it is
-    re-declared with a 1 there, and ``PrimFunc.specialize`` carries the binding to the other
-    parameters (each becomes a new parameter variable)."""
+def _fixed_rows(func: tirx.PrimFunc, rows: tirx.Var, count: int) -> tirx.PrimFunc:
+    """``func`` with the row count fixed to ``count``: the first parameter whose shape holds it
+    is re-declared with ``count`` there, and ``PrimFunc.specialize`` carries the binding to
+    the other parameters (each becomes a new parameter variable)."""
     for param in func.params:
         ty = param.ty
         if isinstance(ty, tirx.BufferType) and any(d.same_as(rows) for d in ty.shape):
-            shape = [tirx.const(1, rows.ty.dtype) if d.same_as(rows) else d for d in ty.shape]
-            one = tirx.decl_buffer(shape, ty.dtype, param.name, elem_offset=ty.elem_offset)
-            return func.specialize({param: one})
+            shape = [tirx.const(count, rows.ty.dtype) if d.same_as(rows) else d for d in ty.shape]
+            fixed = tirx.decl_buffer(shape, ty.dtype, param.name, elem_offset=ty.elem_offset)
+            return func.specialize({param: fixed})
     raise ValueError(f"no parameter of the function has the row count {rows} in its shape")
 
 
-def _on_original_params(func: tirx.PrimFunc, specialised: tirx.PrimFunc) -> tirx.Stmt:
+def _on_original_params(func: tirx.PrimFunc, specialised: tirx.PrimFunc, name: str) -> tirx.Stmt:
     """The specialised function's body inside a block that matches each of its re-declared
-    parameters onto the leading region of the original parameter (row 0 of x, residual and
-    output); every other parameter is shared as is."""
+    parameters onto the leading region of the original parameter (the first rows of x,
+    residual and output); every other parameter is shared as is."""
     matches = []
     for original, one in zip(func.params, specialised.params):
         if original.same_as(one):
             continue
         region = [tvm.ir.Range.from_min_extent(tirx.const(0, d.ty.dtype), d) for d in one.ty.shape]
         matches.append(s_tir.stmt.MatchBufferRegion(one, tirx.BufferRegion(original, region)))
-    block = s_tir.SBlock([], [], [], "one_row", specialised.body, match_buffers=matches)
+    block = s_tir.SBlock([], [], [], name, specialised.body, match_buffers=matches)
     return s_tir.SBlockRealize([], True, block)
+
+
+def _exact_branch(func: tirx.PrimFunc, rows: tirx.Var, count: int, target: Target,
+                  tunable: bool) -> tuple[tirx.PrimExpr, tirx.Stmt] | None:
+    """``(rows == count, our GEMV scheduled for exactly count rows)``, or None where the rule
+    declines (those rows then take the GEMM)."""
+    rule = DecodeGEMV() if count == 1 else LowBatchGEMV(max_batch=MAX_GEMV_ROWS)
+    sch = rule.apply(_fixed_rows(func, rows, count), target, tunable)
+    if sch is None:
+        return None
+    # Fresh variables and buffers: every branch comes from the one PrimFunc, and TIR allows a
+    # block variable one definition.
+    fresh = s_tir.renew_defs(sch.mod["main"])
+    cond = tirx.EQ(rows, tirx.const(count, rows.ty.dtype))
+    return cond, _on_original_params(func, fresh, f"rows_{count}")
 
 
 def _joined(func: tirx.PrimFunc, branches: list[tuple[tirx.PrimExpr, tirx.Stmt]],
@@ -92,15 +112,21 @@ def _joined(func: tirx.PrimFunc, branches: list[tuple[tirx.PrimExpr, tirx.Stmt]]
 
 
 def _lowers(func: tirx.PrimFunc, target: Target) -> bool:
-    """Whether TVM lowers and generates code for ``func`` (~0.2 s, no nvcc).
+    """Whether TVM lowers and generates code for ``func`` (no nvcc).
 
     Joining branches can break what each branch alone passes: under a thread-invariant
     condition, TVM 0.27's CompactBufferAllocation leaves the CUDA-core GEMM's x tile of a
     batch-axis row count ([b, 1, K]) with a symbolic size, which CUDA codegen rejects
     ("Can only handle constant size stack allocation"; found in tiny LLaMA 3-bit libraries,
-    whose K = 96 keeps the GEMM off tensor cores)."""
+    whose K = 96 keeps the GEMM off tensor cores).
+
+    The function is built as a public one: the pipeline hands the rule Relax's private
+    PrimFuncs, which ``MakePackedAPI`` skips, and whose buffer parameters host codegen then
+    cannot type ("does not have a corresponding C Type"), so every check failed and every
+    library's symbolic-row functions took the GEMM alone (until 2026-12-02)."""
+    public = func.with_attr("global_symbol", "main")
     try:
-        tvm.compile(tvm.IRModule({"main": func}), target=target)
+        tvm.compile(tvm.IRModule({"main": public}), target=target)
     except Exception:  # pylint: disable=broad-except
         return False
     return True
@@ -125,20 +151,12 @@ class LowBatchDispatch(dl.ScheduleRule):
         gemm = DequantGEMM().apply(func, target, tunable)
         if gemm is None:
             return None
-        one_row = []
-        decode = DecodeGEMV().apply(_one_row(func, rows), target, tunable)
-        if decode is not None:
-            one = tirx.EQ(rows, tirx.const(1, rows.ty.dtype))
-            one_row = [(one, _on_original_params(func, decode.mod["main"]))]
-        low_batch = []
-        for limit, bucket in LOW_BATCH:
-            low = dl.gpu.LowBatchGEMV(bucket).apply(func, target, tunable)
-            if low is not None:
-                low_batch.append((rows <= limit, low.mod["main"].body))
+        branches = [b for count in range(1, MAX_GEMV_ROWS + 1)
+                    if (b := _exact_branch(func, rows, count, target, tunable)) is not None]
         # The fullest dispatch that TVM can build (see ``_lowers``); none: DequantGEMM alone.
-        for branches in (one_row + low_batch, one_row):
-            if branches:
-                joined = _joined(func, branches, gemm.mod["main"].body)
+        for ladder in (branches, branches[:1]):
+            if ladder:
+                joined = _joined(func, ladder, gemm.mod["main"].body)
                 if not self.verify or _lowers(joined, target):
                     return s_tir.Schedule(joined)
         return None
