@@ -53,3 +53,14 @@ def first_rule(rules: list, func, target: tvm.target.Target):
         if sch is not None:
             return type(rule).__name__, sch.mod
     raise AssertionError(f"no rule of {[type(r).__name__ for r in rules]} applied")
+
+
+def undispatched_rules() -> list:
+    """``cuda_rules()`` less ``LowBatchDispatch``: a symbolic row count goes straight to the
+    GEMM. For tests of the other rules' kernels: the dispatch's GEMV branches are those rules'
+    static-batch kernels and its last branch is this GEMM (test_dispatch.py checks both), while
+    building its eight GEMVs for every function made those tests an order of magnitude slower."""
+    from tvm_schedules import cuda_rules
+    from tvm_schedules.dispatch import LowBatchDispatch
+
+    return [r for r in cuda_rules() if not isinstance(r, LowBatchDispatch)]

@@ -16,8 +16,7 @@ from tvm import tirx
 
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params
-from tvm_schedules import cuda_rules
+from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params, undispatched_rules
 from tvm_schedules.cpu_check import build_cpu, serialize_threads
 from tvm_schedules.workloads import dequant_matmul, dequant_take, random_quantized
 
@@ -26,7 +25,7 @@ TARGET = cuda_target("sm_90")
 
 
 def _schedule(func, target=TARGET):
-    return first_rule(cuda_rules(), func, target)
+    return first_rule(undispatched_rules(), func, target)
 
 
 def _run(lib, args, out_shape):

@@ -9,8 +9,7 @@ import tvm
 from tvm import tirx
 
 from desv_export.modes import MODES
-from tests.schedules.conftest import CUDA_ARCHS, cuda_target
-from tvm_schedules import cuda_rules
+from tests.schedules.conftest import CUDA_ARCHS, cuda_target, undispatched_rules
 from tvm_schedules.cpu_check import cuda_source, nvcc_compile
 from tvm_schedules.gemm import tensorize_works
 from tvm_schedules.workloads import dequant_matmul, dequant_take
@@ -19,8 +18,10 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is no
 
 
 def _kernels(modes, arch):
-    """One module holding every shape class of ``modes``, so nvcc runs once per arch."""
+    """One module holding every shape class of ``modes``, so nvcc runs once per arch (without
+    ``LowBatchDispatch``, see ``undispatched_rules``; test_dispatch.py compiles its kernels)."""
     target = cuda_target(arch)
+    rules = undispatched_rules()
     funcs = {}
     for i, mode in enumerate(modes):
         builds = [
@@ -31,7 +32,7 @@ def _kernels(modes, arch):
             dequant_take(mode, 64, 640, seq=tirx.Var("seq_len", "int64")),
         ]
         for j, func in enumerate(builds):
-            sch = next(s for s in (r.apply(func, target, False) for r in cuda_rules()) if s)
+            sch = next(s for s in (r.apply(func, target, False) for r in rules) if s)
             name = f"k{i}_{j}"
             funcs[name] = sch.mod["main"].with_attr("global_symbol", name)
     return tvm.IRModule(funcs), target
