@@ -34,12 +34,11 @@ from tvm_schedules.resources import cuobjdump  # noqa: E402
 
 def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
     """One row per kernel: its spec and its resources (one nvcc run per model and mode)."""
-    import tvm
-
+    from desv_export.compile import resolve_target
     from tvm_schedules.cpu_check import cuda_source
     from tvm_schedules.resources import kernel_resources
 
-    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
+    target = resolve_target("cuda", arch)  # the compile pipeline's: same kernels
     rows = []
     t0 = time.time()
     for model, mode, specs, mod in scheduled_groups(kernel_table(models, modes, batches), target):

@@ -202,8 +202,9 @@ def build(out: Path, arch: str, models, modes, batches, schedules=SCHEDULES,
     import tvm
 
     from desv_export.atomic import atomic_dir
+    from desv_export.compile import resolve_target
 
-    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host="llvm")
+    target = resolve_target("cuda", arch)  # the compile pipeline's: same kernels
     specs = kernel_table(models, modes, batches, schedules)
     with atomic_dir(out, force=force) as tmp:
         t0 = time.time()
