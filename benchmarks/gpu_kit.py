@@ -6,7 +6,7 @@ alone 259 MB. Our engine and benchmarks need only TVM's runtime there (they neve
 tests/engine/test_runtime_only.py and tests/bench/test_bench_libraries.py keep it so), so
 everything is compiled here:
 
-    # here: TVM's compiler and nvcc, no GPU (~15 minutes on 2 cores, ~1 once build/gpu-kit is there)
+    # here: TVM's compiler and nvcc, no GPU (~42 minutes on 2 cores, ~1 once build/gpu-kit is there)
     python benchmarks/gpu_kit.py prepare --arch sm_90
     # there (device run, carry [".gpu"], each call under its 10-minute limit):
     python3 benchmarks/gpu_kit.py run correctness kernels
