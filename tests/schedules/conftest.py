@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tvm
 
+from tvm_schedules import cuda_rules
+from tvm_schedules.dispatch import LowBatchDispatch
 from tvm_schedules.workloads import random_quantized
 
 CUDA_ARCHS = ("sm_80", "sm_90")
@@ -60,7 +62,4 @@ def undispatched_rules() -> list:
     GEMM. For tests of the other rules' kernels: the dispatch's GEMV branches are those rules'
     static-batch kernels and its last branch is this GEMM (test_dispatch.py checks both), while
     building its eight GEMVs for every function made those tests an order of magnitude slower."""
-    from tvm_schedules import cuda_rules
-    from tvm_schedules.dispatch import LowBatchDispatch
-
     return [r for r in cuda_rules() if not isinstance(r, LowBatchDispatch)]
