@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 import tvm
 
+from desv_export.compile import cuda_target
 from tvm_schedules import cuda_rules
 from tvm_schedules.dispatch import LowBatchDispatch
 from tvm_schedules.workloads import random_quantized
 
 CUDA_ARCHS = ("sm_80", "sm_90")
-
-
-def cuda_target(arch: str = "sm_90") -> tvm.target.Target:
-    return tvm.target.Target({"kind": "cuda", "arch": arch})
 
 
 def exact_case(mode: str, n: int, k: int, rows: int, seed: int = 0):

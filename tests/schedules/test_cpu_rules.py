@@ -16,9 +16,10 @@ from tvm import te, tirx
 from tvm.s_tir import dlight as dl
 
 from desv_export.compile import host_cpu_target
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params
+from tests.schedules.conftest import exact_case, first_rule, packed_params
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
 from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
 from tvm_schedules.cpu.match import match_matmul

@@ -15,8 +15,9 @@ import pytest
 import tvm
 from tvm import tirx
 
+from desv_export.compile import cuda_target
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, packed_params
+from tests.schedules.conftest import exact_case, packed_params
 from tvm_schedules import cuda_rules
 from tvm_schedules.cpu_check import build_cpu, cuda_source, nvcc_compile
 from tvm_schedules.dispatch import MAX_GEMV_ROWS, LowBatchDispatch

@@ -23,9 +23,10 @@ import pytest
 import tvm
 from tvm import tirx
 
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import CUDA_ARCHS, cuda_target, exact_case, packed_params
+from tests.schedules.conftest import CUDA_ARCHS, exact_case, packed_params
 from tvm_schedules import DequantGEMM
 from tvm_schedules.analysis import match_dequant_matmul
 from tvm_schedules.cpu_check import build_cpu, cuda_source, nvcc_compile

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tvm
 
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, packed_params
+from tests.schedules.conftest import exact_case, packed_params
 from tvm_schedules import DecodeGEMV
 from tvm_schedules.cpu_check import build_cpu, cuda_source
 from tvm_schedules.resources import cuobjdump, kernel_resources
@@ -20,7 +21,7 @@ QUANT_MODES = [m for m in MODES if MODES[m].quantized]
 
 
 def _decode(mode: str, n: int, k: int, epilogue=None):
-    return DecodeGEMV().apply(dequant_matmul(mode, n, k, epilogue=epilogue), cuda_target())
+    return DecodeGEMV().apply(dequant_matmul(mode, n, k, epilogue=epilogue), cuda_target("sm_90"))
 
 
 THREE_BIT = ["q3f16_1", "q3f16_g32asym", "q3f16_g64asym", "q3f16_g128asym"]
@@ -81,7 +82,7 @@ def test_nvcc_pairs_the_half2_arithmetic():
     bounds = {"q4f16_1": 5.2, "q2f16_g128asym": 5.2, "q3f16_1": 7, "q3f16_g128asym": 8}
     funcs = {f"k{i}": _decode(mode, 256, 4096).mod["main"].with_attr("global_symbol", f"k{i}")
              for i, mode in enumerate(bounds)}
-    k = kernel_resources(cuda_source(tvm.IRModule(funcs), cuda_target()), "sm_90")
+    k = kernel_resources(cuda_source(tvm.IRModule(funcs), cuda_target("sm_90")), "sm_90")
     for i, (mode, bound) in enumerate(bounds.items()):
         res = k[f"k{i}_kernel"]
         assert not res.uses_local_memory, (mode, res)

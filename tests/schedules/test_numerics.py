@@ -14,9 +14,10 @@ import pytest
 import tvm
 from tvm import tirx
 
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
 from desv_export.pack import dequantize
-from tests.schedules.conftest import cuda_target, exact_case, first_rule, packed_params, undispatched_rules
+from tests.schedules.conftest import exact_case, first_rule, packed_params, undispatched_rules
 from tvm_schedules.cpu_check import build_cpu, serialize_threads
 from tvm_schedules.workloads import dequant_matmul, dequant_take, random_quantized
 

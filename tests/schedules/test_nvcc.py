@@ -8,8 +8,9 @@ import pytest
 import tvm
 from tvm import tirx
 
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
-from tests.schedules.conftest import CUDA_ARCHS, cuda_target, undispatched_rules
+from tests.schedules.conftest import CUDA_ARCHS, undispatched_rules
 from tvm_schedules.cpu_check import cuda_source, nvcc_compile
 from tvm_schedules.gemm import tensorize_works
 from tvm_schedules.workloads import dequant_matmul, dequant_take

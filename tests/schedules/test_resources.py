@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tvm
 
-from tests.schedules.conftest import cuda_target
+from desv_export.compile import cuda_target
 from tvm_schedules import DecodeGEMV
 from tvm_schedules.cpu_check import cuda_source
 from tvm_schedules.resources import (KernelResources, cuobjdump, kernel_resources, parse_ptxas_info,

@@ -8,11 +8,12 @@ import pytest
 import tvm
 from tvm import tirx
 
+from desv_export.compile import cuda_target
 from desv_export.modes import MODES
-from tests.schedules.conftest import CUDA_ARCHS, cuda_target
+from tests.schedules.conftest import CUDA_ARCHS
 from tvm_schedules import DecodeGEMV, DequantGEMM, DequantTake, LowBatchGEMV, cuda_rules
-from tvm_schedules.dispatch import LowBatchDispatch
 from tvm_schedules.analysis import match_dequant_matmul
+from tvm_schedules.dispatch import LowBatchDispatch
 from tvm_schedules.workloads import LLAMA_7B, dequant_matmul, dequant_take
 
 QUANT_MODES = [m for m in MODES if MODES[m].quantized]
