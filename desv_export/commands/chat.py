@@ -31,6 +31,7 @@ HELP = """You can use the following special commands:
 def chat(weight_dir, model_lib, max_new_tokens, temperature, top_p, repetition_penalty, seed, device) -> None:
     """Chat with the model in WEIGHT_DIR compiled as MODEL_LIB."""
     from desv_export.engine.generation import Generator
+    from desv_export.engine.library import ContextWindowFull
     from desv_export.engine.sampler import SamplingConfig
 
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
@@ -68,7 +69,14 @@ def chat(weight_dir, model_lib, max_new_tokens, temperature, top_p, repetition_p
             sys.stdout.write(delta)
             sys.stdout.flush()
 
-        result = gen.chat(text, max_new_tokens=max_new_tokens, sampling=sampling, on_text=emit)
+        try:
+            result = gen.chat(text, max_new_tokens=max_new_tokens, sampling=sampling, on_text=emit)
+        except ContextWindowFull as e:  # the turn was not added: the chat goes on
+            print(f"Error: {e.message}; /reset starts a fresh conversation", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
         last = result.stats
+        notice = gen.context_notice(result)
+        if notice:
+            print(f"{notice}, or /reset", file=sys.stderr)

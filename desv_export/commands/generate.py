@@ -42,3 +42,6 @@ def generate(weight_dir, model_lib, prompt, max_new_tokens, temperature, top_p, 
     sys.stdout.flush()
     if stats:
         print(result.stats.line(), file=sys.stderr)
+    notice = gen.context_notice(result)
+    if notice:
+        print(notice, file=sys.stderr)

@@ -72,7 +72,10 @@ class GenerationStats:
 class GenerationResult:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end token or stop string) | "length"
+    # "stop": an end token or stop string; "length": max_new_tokens; "context": the KV cache
+    # holds the whole context window, so the reply was cut before max_new_tokens (MLC calls
+    # both "length"; a user who asked for more tokens needs to know which limit it was)
+    finish_reason: str
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
@@ -119,11 +122,7 @@ class Generator:
         Returns the logits of the last token. When nothing new is left (the whole prompt is
         cached), the last token is popped and re-fed so its logits exist.
         """
-        common = 0
-        for a, b in zip(self.cached, tokens):
-            if a != b:
-                break
-            common += 1
+        common = _common_prefix(self.cached, tokens)
         if common == len(tokens):
             common -= 1
         self.lib.pop(len(self.cached) - common)
@@ -178,6 +177,7 @@ class Generator:
                 on_text(safe[len(emitted):])
                 emitted = safe
             if len(out) >= limit:
+                finish = "length" if limit == max_new_tokens else "context"
                 break
             logits = self.lib.decode(token)
             self.cached.append(token)
@@ -192,6 +192,14 @@ class Generator:
         if on_text is not None and len(text) > len(emitted) and text.startswith(emitted):
             on_text(text[len(emitted):])
         return GenerationResult(text, out, finish, stats)
+
+    def context_notice(self, result: GenerationResult) -> str | None:
+        """The line to tell the user when the context window, not --max-new-tokens, cut a reply."""
+        if result.finish_reason != "context":
+            return None
+        return (f"stopped after {len(result.token_ids)} tokens: the context window "
+                f"({self.lib.context_window_size} tokens) is full; compile with a larger "
+                f"--context-window-size")
 
     # --- text level ----------------------------------------------------------------------------
     def prompt_ids(self, text: str, *, use_template: bool = True) -> list[int]:

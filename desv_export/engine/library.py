@@ -29,6 +29,11 @@ _CUDA_LOADER = "ffi.Module.load_from_bytes.cuda"
 _SEQ = 0  # the one sequence id this engine uses
 
 
+class ContextWindowFull(UserError):
+    """The tokens asked for do not fit the KV cache. Nothing was added to it, so a chat can go
+    on after /reset; a one-shot command ends with this message."""
+
+
 def use_all_cores() -> int:
     """Give TVM's CPU thread pool every core this process may run on, unless TVM_NUM_THREADS
     says otherwise; returns the thread count.
@@ -218,9 +223,10 @@ class ModelLibrary:
 
     def _check_room(self, n: int) -> None:
         if self.num_tokens + n > self.context_window_size:
-            raise UserError(
+            raise ContextWindowFull(
                 f"the conversation needs {self.num_tokens + n} tokens but the library's context "
-                f"window is {self.context_window_size}; /reset or shorten the prompt"
+                f"window is {self.context_window_size}; shorten the prompt or compile with a larger "
+                f"--context-window-size"
             )
 
     # --- forward -------------------------------------------------------------------------------

@@ -92,6 +92,51 @@ def _two_turn_prompt(gen, first_reply: str) -> str:
     return conv.as_prompt()
 
 
+SMALL_CONTEXT = 48
+
+
+@pytest.fixture(scope="module")
+def q4_small_context(build_root, q4):
+    """The q4 weights compiled with a context window a couple of short turns fill."""
+    wd, _ = q4
+    return wd, L.library(build_root, wd, context_window_size=SMALL_CONTEXT)
+
+
+def test_generate_says_when_the_context_window_cut_the_reply(q4_small_context):
+    from desv_export.engine.generation import Generator
+    from desv_export.engine.sampler import SamplingConfig
+
+    wd, lib = q4_small_context
+    gen = Generator.open(wd, lib, "cpu")
+    prompt = gen.prompt_ids("the market")
+    full = gen.complete("the market", max_new_tokens=200, sampling=SamplingConfig())
+    assert full.finish_reason == "context"
+    # The last token is sampled from the full cache's logits and never fed back.
+    assert len(prompt) + len(full.token_ids) == SMALL_CONTEXT + 1
+    exact = gen.complete("the market", max_new_tokens=len(full.token_ids), sampling=SamplingConfig())
+    assert exact.finish_reason == "length" and exact.token_ids == full.token_ids
+
+    result = _run(["generate", wd, "--model-lib", lib, "--prompt", "the market", "--max-new-tokens", 200])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == full.text + "\n"
+    assert (f"stopped after {len(full.token_ids)} tokens: the context window ({SMALL_CONTEXT} tokens) is full"
+            in result.stderr)
+    quiet = _run(["generate", wd, "--model-lib", lib, "--prompt", "the market", "--max-new-tokens", 4])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_chat_goes_on_after_the_context_window_is_full(q4_small_context):
+    wd, lib = q4_small_context
+    # Turn 1's reply fills the window; turn 2 cannot fit; /reset frees it for turn 3.
+    script = "the company said\nshares rose\n/reset\nthe market\n/stats\n/exit\n"
+    result = _run(["chat", wd, "--model-lib", lib, "--max-new-tokens", 200], input=script)
+    assert result.exit_code == 0, result.output
+    assert "the context window (48 tokens) is full" in result.stderr
+    assert "Error: the conversation needs" in result.stderr and "/reset starts a fresh conversation" in result.stderr
+    after_reset = result.stdout.split("RESET CHAT SUCCESSFULLY", 1)[1]
+    assert "prefill:" in after_reset  # turn 3 ran, and /stats reports it
+
+
 def test_chatml_prompt_matches_hf_chat_template(q4, tiny_llama_dir):
     from transformers import AutoTokenizer
 
