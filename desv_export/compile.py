@@ -119,7 +119,7 @@ def build_model(wd: WeightDir, target: tvm.target.Target, dtype: str) -> tuple[L
             f"({', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     cfg = LlamaConfig.from_chat_config(wd.chat_config)
-    mode = get_mode(wd.quantization)
+    mode = get_mode(wd.quantization, f"quantization in {wd.path / 'mlc-chat-config.json'}")
     model = LlamaForCausalLM(
         cfg, mode, quantize_embedding=wd.embedding_quantized, dtype=dtype, target=target
     )

@@ -98,12 +98,14 @@ def asym_mode_name(bits: int, group_size: int) -> str:
     return f"q{bits}f16_g{group_size}asym"
 
 
-def get_mode(name: str) -> QuantMode:
+def get_mode(name: str, source: str = "--quantization") -> QuantMode:
+    """The mode called ``name``; ``source`` (the option or file it came from) is named in the
+    error, so a user knows what to correct."""
     from .errors import UserError
 
     try:
         return MODES[name]
     except KeyError:
         raise UserError(
-            f"unknown quantization mode {name!r} (--quantization); choose one of {', '.join(MODES)}"
+            f"unknown quantization mode {name!r} ({source}); choose one of {', '.join(MODES)}"
         ) from None

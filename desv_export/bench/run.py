@@ -112,7 +112,7 @@ def _source(source: Path | None, synthetic: str | None, modes: tuple[str, ...]) 
     if (source is None) == (synthetic is None):
         raise UserError("pass either a model directory or --synthetic NAME, not both")
     for m in modes:
-        get_mode(m)
+        get_mode(m, "--modes")
     if synthetic is not None:
         if synthetic not in SYNTHETIC:
             raise UserError(f"--synthetic {synthetic} is not a preset; choose one of {', '.join(SYNTHETIC)}")

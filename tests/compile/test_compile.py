@@ -168,3 +168,17 @@ def test_every_cpu_kernel_is_noalias():
     assert not plain.attrs.get("tirx.noalias")
     out = _MarkNoAlias()(tvm.IRModule({"plain": plain}))
     assert out["plain"].attrs["tirx.noalias"]
+
+
+def test_unknown_mode_names_the_config_file(tmp_path, build_root, tiny_llama_dir):
+    import shutil
+
+    wd = L.weight_dir(build_root, tiny_llama_dir, "q4f16_1")
+    bad = tmp_path / "bad"
+    shutil.copytree(wd, bad)
+    cfg = json.loads((bad / "mlc-chat-config.json").read_text())
+    cfg["quantization"] = "q4f16_7"
+    (bad / "mlc-chat-config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(main, ["compile", str(bad), "--target", "llvm", "-o", str(tmp_path / "x.so")])
+    assert result.exit_code == 2 and "'q4f16_7'" in result.output
+    assert str(bad / "mlc-chat-config.json") in result.output and "--quantization" not in result.output
