@@ -32,6 +32,8 @@ class SamplingConfig:
             raise UserError("--top-p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise UserError("--repetition-penalty must be > 0")
+        if self.seed is not None and self.seed < 0:
+            raise UserError("--seed must be >= 0 (numpy's generators take no negative seed)")
 
 
 class Sampler:

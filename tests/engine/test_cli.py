@@ -192,3 +192,12 @@ def test_sampler_semantics():
     assert {s(logits) for _ in range(20)} == {1}
     with pytest.raises(UserError):
         SamplingConfig(temperature=-1)
+
+
+@pytest.mark.parametrize("option, value", [("--seed", -1), ("--top-p", 0), ("--temperature", -1),
+                                           ("--repetition-penalty", 0)])
+def test_bad_sampling_option_is_one_line(q4, option, value):
+    wd, lib = q4
+    result = _run(["generate", wd, "--model-lib", lib, "--prompt", "x", option, value])
+    assert result.exit_code == 2 and option in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
