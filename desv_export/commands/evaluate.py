@@ -60,7 +60,7 @@ def evaluate(model, datasets, data_dir, split, seqlen, max_windows, device, mode
         from desv_export.engine.perplexity import library_perplexity
 
         for name, w in windows.items():
-            results[name] = library_perplexity(str(model), str(model_lib), w, device)
+            results[name] = library_perplexity(str(model), str(model_lib), w, device, progress=not quiet, desc=name)
     if as_json:
         click.echo(json.dumps(results))
     else:

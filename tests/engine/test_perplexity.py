@@ -68,3 +68,20 @@ def test_window_longer_than_context_is_an_error(build_root, tiny_llama_dir):
     wd = L.weight_dir(build_root, tiny_llama_dir, "q0f16")
     with pytest.raises(UserError, match="context window"):
         library_perplexity(wd, L.library(build_root, wd), [list(range(3, 3 + L.CONTEXT + 1))])
+
+
+def test_eval_through_the_library_shows_progress_unless_quiet(build_root, tiny_llama_dir):
+    import json
+
+    from click.testing import CliRunner
+
+    from desv_export.cli import main
+
+    wd = L.weight_dir(build_root, tiny_llama_dir, "q4f16_g128asym")
+    args = ["eval", str(wd), "--model-lib", str(L.library(build_root, wd)), "--dataset", "ptb",
+            "--seqlen", "32", "--max-windows", "2", "--json"]
+    shown, quiet = (CliRunner().invoke(main, args + extra) for extra in ([], ["--quiet"]))
+    assert shown.exit_code == quiet.exit_code == 0, shown.output + quiet.output
+    assert "ptb:" in shown.stderr and "/2 [" in shown.stderr  # a bar over the 2 windows
+    assert "ptb:" not in quiet.stderr
+    assert json.loads(shown.stdout) == json.loads(quiet.stdout)  # the bar never reaches stdout
