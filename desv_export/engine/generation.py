@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import UserError
 from .conversation import Conversation
@@ -138,12 +138,16 @@ class Generator:
         max_new_tokens: int,
         sampling: SamplingConfig,
         on_text: Callable[[str], None] | None = None,
+        stop: Sequence[str] = (),
     ) -> GenerationResult:
-        """Continue the cached sequence with ``prompt_ids`` (the full token sequence to condition on)."""
+        """Continue the cached sequence with ``prompt_ids`` (the full token sequence to condition on).
+
+        ``stop``: stop strings beyond the conversation template's (chat's ``/set stop=...``)."""
         if not prompt_ids:
             raise UserError("the prompt is empty after tokenization")
         if max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
+        stops = self.stop_strs + [x for x in stop if x]
         sampler = Sampler(sampling)
         stats = GenerationStats()
         new_prompt = len(prompt_ids) - _common_prefix(self.cached, prompt_ids)
@@ -167,12 +171,12 @@ class Generator:
                 break
             out.append(token)
             text = self.tokenizer.decode(out)
-            stop_at = _find_stop(text, self.stop_strs)
+            stop_at = _find_stop(text, stops)
             if stop_at is not None:
                 finish = "stop"
                 break
             # Stream only complete characters and nothing that could start a stop string.
-            safe = _stream_safe(text, self.stop_strs)
+            safe = _stream_safe(text, stops)
             if on_text is not None and len(safe) > len(emitted) and safe.startswith(emitted):
                 on_text(safe[len(emitted):])
                 emitted = safe
@@ -186,7 +190,7 @@ class Generator:
         stats.prefill_seconds = (t_first or t_end) - t0
         stats.decode_seconds = t_end - (t_first or t_end)
         text = self.tokenizer.decode(out)
-        stop_at = _find_stop(text, self.stop_strs)
+        stop_at = _find_stop(text, stops)
         if stop_at is not None:
             text = text[:stop_at]
         if on_text is not None and len(text) > len(emitted) and text.startswith(emitted):

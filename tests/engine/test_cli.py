@@ -81,6 +81,49 @@ def test_chat_two_turns_keeps_the_conversation_in_the_kv_cache(q4):
     assert first.text in out and second.text in out
 
 
+def test_chat_set_changes_the_next_turns_and_a_mistyped_command_is_not_a_turn(q4):
+    from desv_export.engine.generation import Generator
+    from desv_export.engine.sampler import SamplingConfig
+
+    wd, lib = q4
+    gen = Generator.open(wd, lib, "cpu")
+    gen.reset()
+    # Seeded sampling (greedy, the tiny model repeats one token): each turn reseeds, so a turn
+    # of the CLI chat samples these tokens until max_tokens or the stop string cuts it.
+    sampling = SamplingConfig(temperature=1.0, seed=0)
+    ref = gen.chat("the company said", max_new_tokens=8, sampling=sampling)
+    assert len(ref.token_ids) == 8, ref
+    stop = next(ref.text[k:k + 2] for k in range(1, len(ref.text) - 1)
+                if ref.text[k:k + 2].strip() == ref.text[k:k + 2] and not set(ref.text[k:k + 2]) & set(";,"))
+    script = (f"/stat\n/stats\n/set max_tokens=3\nthe company said\n/stats\n/reset\n"
+              f"/set max_tokens=8;stop={stop}\nthe company said\n/set top_p=2\n/exit\n")
+    result = _run(["chat", wd, "--model-lib", lib, "--temperature", 1.0, "--seed", 0], input=script)
+    assert result.exit_code == 0, result.output
+    assert "unknown command /stat: /help lists the commands" in result.stderr
+    before, after = result.stdout.split("RESET CHAT SUCCESSFULLY")
+    assert "no statistics yet" in before  # the typo did not become a turn
+    assert "max_tokens=3;" in before and gen.tokenizer.decode(ref.token_ids[:3]) + "\n" in before
+    assert "decode: " in before and "(3 tokens)" in before.split("decode: ")[1]
+    assert f"max_tokens=8;stop={stop}" in after
+    assert ref.text[:ref.text.find(stop)] + "\n" in after and ref.text not in after  # cut at the stop string
+    assert "Error: /set top_p must be in (0, 1]" in result.stderr
+
+
+def test_set_rejects_what_it_cannot_apply():
+    from desv_export.commands.chat import TurnSettings, apply_set
+    from desv_export.engine.sampler import SamplingConfig
+
+    base = TurnSettings(SamplingConfig(), 16)
+    assert apply_set(base, "temperature=0.7; seed=3;stop=a,b,") == TurnSettings(
+        SamplingConfig(temperature=0.7, seed=3), 16, ("a", "b"))
+    assert apply_set(base, "") == base
+    for bad, named in [("top_k=3", "top_k"), ("temperature", "temperature"), ("seed=1.5", "seed=1.5"),
+                       ("max_tokens=0", "max_tokens"), ("repetition_penalty=-1", "repetition_penalty"),
+                       ("seed=-2", "seed")]:
+        with pytest.raises(UserError, match=named):
+            apply_set(base, bad)
+
+
 def _two_turn_prompt(gen, first_reply: str) -> str:
     from desv_export.engine.conversation import Conversation
 
