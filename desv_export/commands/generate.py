@@ -17,11 +17,12 @@ import click
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Sampling seed (reproducible sampling).")
+@click.option("--stop", "stop", multiple=True, help="Stop string (repeat for several), beside the template's.")
 @click.option("--raw", is_flag=True, help="Feed the prompt as is, without the conversation template.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--stats", is_flag=True, help="Print prefill / decode tok/s (MLC's definitions) on stderr.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Print tokens as they come.")
-def generate(weight_dir, model_lib, prompt, max_new_tokens, temperature, top_p, repetition_penalty, seed, raw,
+def generate(weight_dir, model_lib, prompt, max_new_tokens, temperature, top_p, repetition_penalty, seed, stop, raw,
              device, stats, stream) -> None:
     """Generate a reply to PROMPT with the model in WEIGHT_DIR compiled as MODEL_LIB."""
     from desv_export.engine.generation import Generator
@@ -35,7 +36,7 @@ def generate(weight_dir, model_lib, prompt, max_new_tokens, temperature, top_p, 
         sys.stdout.flush()
 
     result = gen.complete(prompt, use_template=not raw, max_new_tokens=max_new_tokens, sampling=sampling,
-                          on_text=emit if stream else None)
+                          stop=stop, on_text=emit if stream else None)
     if not stream:
         sys.stdout.write(result.text)
     sys.stdout.write("\n")

@@ -48,6 +48,11 @@ def test_sampling_is_seeded(q4):
     a, b, c = _run(args + [1]), _run(args + [1]), _run(args + [2])
     assert a.exit_code == 0 and a.stdout == b.stdout
     assert a.stdout != c.stdout
+    # --stop cuts the same sampled text before the first occurrence of the stop string
+    text = a.stdout[:-1]
+    stop = next(text[k:k + 2] for k in range(1, len(text) - 1) if text[k:k + 2].strip() == text[k:k + 2])
+    cut = _run(args + [1, "--stop", "never-there", "--stop", stop])
+    assert cut.exit_code == 0 and cut.stdout == text[:text.find(stop)] + "\n"
 
 
 def test_chat_two_turns_keeps_the_conversation_in_the_kv_cache(q4):
