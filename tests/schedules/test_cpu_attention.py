@@ -8,8 +8,13 @@ use 4 q heads / 2 KV heads / head_dim 32; a few more cover the other work-unit s
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from tvm import tirx
 from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 
+from desv_export.compile import host_cpu_target
 from tvm_schedules.cpu.attention import (
     DECODE_NAME,
     PAGED_NAME,
@@ -35,9 +41,10 @@ DTYPE = "float32"
 _compiled: dict[tuple, Callable] = {}
 
 
-def _kernel(kind: str, fast: bool, h_kv: int, h_q: int, d: int) -> Callable:
-    """Compiled once per session: kind is "ragged", "paged" or "decode"."""
-    key = (kind, fast, h_kv, h_q, d)
+def _kernel(kind: str, fast: bool, h_kv: int, h_q: int, d: int, host: bool = False) -> Callable:
+    """Compiled once per session: kind is "ragged", "paged" or "decode"; ``host``: for this CPU
+    (``-mcpu``, as a model library is built: AVX-512 where it has it), else baseline x86-64."""
+    key = (kind, fast, h_kv, h_q, d, host)
     if key not in _compiled:
         if kind == "ragged":
             name = RAGGED_NAME
@@ -56,7 +63,7 @@ def _kernel(kind: str, fast: bool, h_kv: int, h_q: int, d: int) -> Callable:
             else:
                 func = _attention_prefill_cpu(h_kv, h_q, d, DTYPE, False, {}, page_size=PAGE)
         mod = tvm.IRModule({name: func.with_attr("global_symbol", name)})
-        _compiled[key] = tvm.compile(mod, target="llvm")[name]
+        _compiled[key] = tvm.compile(mod, target=host_cpu_target() if host else "llvm")[name]
     return _compiled[key]
 
 
@@ -128,7 +135,9 @@ def test_paged_matches_tvm(causal: int, q_lens: list[int], kv_lens: list[int]) -
     _compare("paged", HEADS, q_lens, kv_lens, causal, rotary_mode=0)
 
 
-def _compare_decode(heads: tuple[int, int, int], kv_lens: list[int], rotary_mode: int) -> None:
+def _compare_decode(
+    heads: tuple[int, int, int], kv_lens: list[int], rotary_mode: int, host: bool = False, sm_scale: float | None = None
+) -> None:
     """One query per sequence over its whole paged KV (a shuffled pool with unused pages)."""
     _, h_q, d = heads
     q_lens = [1] * len(kv_lens)
@@ -143,23 +152,32 @@ def _compare_decode(heads: tuple[int, int, int], kv_lens: list[int], rotary_mode
         lse = tvm.runtime.tensor(np.full((len(kv_lens), h_q), np.nan, np.float32), dev)
         arrays = [q, pages, page_indptr, page_values, last_page_len, k_off, q_pos]
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
-        _kernel("decode", fast, *heads)(*args, out, lse, rotary_mode, 1.0, 10000.0, 1.0 / math.sqrt(d))
+        scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
+        _kernel("decode", fast, *heads, host=host)(*args, out, lse, rotary_mode, 1.0, 10000.0, scale)
         results.append((out.numpy(), lse.numpy()))
     (o_ref, l_ref), (o_new, l_new) = results
     np.testing.assert_allclose(o_new, o_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(l_new, l_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("host", [False, True], ids=["x86-64", "host"])
 @pytest.mark.parametrize("rotary_mode", [0, 1])
 # 1 sequence; 3 of lengths not a page multiple, a page multiple (32) and a single key
 @pytest.mark.parametrize("kv_lens", [[37], [70, 32, 1]])
-def test_decode_matches_tvm(rotary_mode: int, kv_lens: list[int]) -> None:
-    _compare_decode(HEADS, kv_lens, rotary_mode)
+def test_decode_matches_tvm(rotary_mode: int, kv_lens: list[int], host: bool) -> None:
+    _compare_decode(HEADS, kv_lens, rotary_mode, host=host)
 
 
+@pytest.mark.parametrize("host", [False, True], ids=["x86-64", "host"])
 @pytest.mark.parametrize("heads", [(3, 9, 64), (2, 2, 32), (1, 8, 32)], ids=["smollm2", "mha", "group8"])
-def test_decode_other_head_layouts(heads: tuple[int, int, int]) -> None:
-    _compare_decode(heads, [140, 16, 5], rotary_mode=0)
+def test_decode_other_head_layouts(heads: tuple[int, int, int], host: bool) -> None:
+    _compare_decode(heads, [140, 16, 5], rotary_mode=0, host=host)
+
+
+def test_decode_softmax_over_a_wide_score_range() -> None:
+    """Scores spread over hundreds (in log2 units), so the decode kernel's polynomial exp2
+    meets arguments far below -126, where it returns 0 and libm's exp2f a denormal or 0."""
+    _compare_decode((3, 9, 64), [300, 77], rotary_mode=0, host=True, sm_scale=4.0)
 
 
 @pytest.mark.parametrize("kind", ["ragged", "paged"])
@@ -227,3 +245,24 @@ def test_pass_leaves_other_functions_alone() -> None:
     # a function under the right name but with an unexpected signature is kept as it is
     odd = tvm.IRModule({RAGGED_NAME: double.with_attr("global_symbol", RAGGED_NAME)})
     assert UseFastCPUAttention()(odd)[RAGGED_NAME].same_as(odd[RAGGED_NAME])
+
+
+def test_attention_benchmark_reports_every_context(tmp_path) -> None:
+    """benchmarks/cpu_attention.py, new against a baseline file (here the same kernel), writes
+    a row per context length with positive timings and the speedup of their medians."""
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, str(root / "benchmarks/cpu_attention.py"), "--contexts", "20,70", "--rounds", "2",
+         "--baseline", str(root / "tvm_schedules/cpu/attention.py"), "--out", str(tmp_path)],
+        check=True, capture_output=True, env={**os.environ, "TVM_NUM_THREADS": "1"},
+    )
+    (report,) = tmp_path.glob("cpu_attention_*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["keys"] for r in rows] == [20, 70]
+    for r in rows:
+        for k in ("old_us", "new_us"):
+            assert len(r[k]["all"]) == 2 and min(r[k]["all"]) > 0
+            assert r[k]["median"] == float(np.median(r[k]["all"]))
+        assert r["speedup"] == r["old_us"]["median"] / r["new_us"]["median"]
+    md = report.with_suffix(".md").read_text()
+    assert "| 20 |" in md and "| 70 |" in md and "speedup" in md

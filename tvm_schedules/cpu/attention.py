@@ -38,7 +38,14 @@ sum is added in a different order (last-bit differences).
 
 The decode kernel (``_attention_decode_cpu``, ``batch_decode_paged_kv_cpu``) is replaced the
 same way (see ``fast_attention_decode_cpu``): SmolLM2, one sequence, host ``-mcpu``,
-TVM_NUM_THREADS=2: 94 -> 11.5 us at 128 tokens of context, 753 -> 53 us at 1024.
+TVM_NUM_THREADS=2: 94 -> 11.5 us at 128 tokens of context, 753 -> 53 us at 1024 (Zen 5).
+Reworked on 2026-12-03, 2.6-2.8x (Zen 4, TVM_NUM_THREADS=2, ``benchmarks/cpu_attention.py
+--baseline`` with the previous version, the two alternating; median us): 17.7 -> 6.8 at 128
+keys, 33.2 -> 11.9 at 256, 132 -> 48 at 1,024, 578 -> 210 at 4,096
+(``benchmarks/results/cpu_attention_znver4.md``). Three changes, each seen in the
+disassembly: the q.k dot product is one expression folded by subvector shuffles
+(``_dot``), P @ V adds 8 keys per store of its accumulators (``_add_weighted_values``), and
+exp2 is a polynomial that vectorises (``_exp2_poly``; libm's was called once per lane).
 
 ``UseFastCPUAttention`` swaps the kernels into a compiled model's IRModule.
 """
@@ -61,6 +68,8 @@ _NEG = -5e4  # the originals' "minus infinity": initial max, and the paged kerne
 _PAD = -3.0e38  # score of a padding lane of a key block: never the max, exp2(_PAD - m) == 0
 _EXP2_ZERO = -150.0  # exp2f(x) == 0 for x < -150: 2^x is under half the smallest denormal
 _REG_FLOATS = 256  # floats of accumulators per work unit: 16 AVX-512 registers
+_PV_KEYS = 8  # keys per store of the P @ V accumulators
+_LANES = 16  # float32 lanes of the decode kernel's partial dot products (one AVX-512 register)
 
 RAGGED_NAME = "batch_prefill_ragged_kv"
 PAGED_NAME = "batch_prefill_paged_kv_cpu"
@@ -70,6 +79,82 @@ DECODE_NAME = "batch_decode_paged_kv_cpu"
 def _exp2_or_zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
     """``exp2(x)``, bit for bit, without calling libm's slow underflow path when it is 0."""
     return T.if_then_else(x < T.float32(_EXP2_ZERO), T.float32(0), T.exp2(x))
+
+
+def _add_weighted_values(
+    o: tirx.Buffer,
+    s: tirx.Buffer,
+    vsrc: tirx.Buffer,
+    page_values: tirx.Buffer,
+    g: tirx.PrimExpr,
+    i: tirx.PrimExpr,
+    j0: tirx.PrimExpr,
+    count: int,
+    vbase: tirx.PrimExpr,
+    hk: tirx.PrimExpr,
+    page_size: int,
+    paged: bool,
+) -> tirx.PrimExpr:
+    """``o[g, i]`` plus the values of keys ``j0 .. j0 + count - 1`` weighted by ``s[g, j]``,
+    added in key order (the same sum, rounding for rounding, as one key at a time).
+
+    Why one expression for several keys: the accumulators live in a workspace buffer (TVM
+    allocates a parallel body's buffers through the runtime), so LLVM stores every one of
+    them back after each key; this stores them once per ``count`` keys.
+    """
+    acc = tirx.BufferLoad(o, [g, i])
+    for t in range(count):
+        j = j0 + t
+        if paged:
+            page = tirx.BufferLoad(page_values, [vbase + tirx.floordiv(j, page_size)])
+            value = tirx.BufferLoad(vsrc, [page, 1, hk, tirx.floormod(j, page_size), i])
+        else:
+            value = tirx.BufferLoad(vsrc, [vbase + j, hk, i])
+        acc = acc + tirx.Cast("float32", value) * tirx.BufferLoad(s, [g, j])
+    return acc
+
+
+def _dot(q_loc: tirx.Buffer, g: tirx.PrimExpr, key: tirx.Buffer, prefix: tuple, d: int) -> tirx.PrimExpr:
+    """``q_loc[g, :] . key[*prefix, :]`` in float32 as one expression: ``_LANES``-wide products
+    summed over head_dim in order, then the lanes added pairwise by halves (``vectorlow`` /
+    ``vectorhigh``: LLVM subvector shuffles).
+
+    Why an expression: accumulated in a local buffer and folded in place, the partial sums
+    were stored to memory after every FMA and each half reloaded from the stack, forwarded
+    one float at a time: ~70 instructions and 22 stores per key and KV head, where this is
+    the loads, the FMAs and 8 shuffles / adds per q head.
+    """
+    acc = None
+    for c in range(d // _LANES):
+        ramp = tirx.Ramp(c * _LANES, 1, _LANES)
+        k = tirx.BufferLoad(key, [*prefix, ramp])
+        if key.dtype != "float32":
+            k = tirx.Cast(f"float32x{_LANES}", k)
+        term = tirx.BufferLoad(q_loc, [g, ramp]) * k
+        acc = term if acc is None else acc + term
+    lanes = _LANES
+    while lanes > 2:
+        lanes //= 2
+        acc = T.vectorlow(f"float32x{lanes}", acc) + T.vectorhigh(f"float32x{lanes}", acc)
+    return tirx.Shuffle([acc], [0]) + tirx.Shuffle([acc], [1])
+
+
+# Cephes' exp2f: 2^f = 1 + f * P(f) on [-0.5, 0.5], relative error under 2e-7
+_EXP2_P = (1.535336188319500e-4, 1.339887440266574e-3, 9.618437357674640e-3,
+           5.550332471162809e-2, 2.402264791363012e-1, 6.931472028550421e-1)
+
+
+def _exp2_poly(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """``2^x`` for ``x <= 0`` in arithmetic LLVM vectorises: ``2^round(x)`` built in the exponent
+    bits, times Cephes' polynomial of the rest; 0 below -126 (where exp2f is denormal or 0,
+    against a softmax sum of at least 1)."""
+    n = T.round(x)
+    f = x - n
+    p = T.float32(_EXP2_P[0])
+    for c in _EXP2_P[1:]:
+        p = p * f + T.float32(c)
+    scale = T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+    return T.Select(x < T.float32(-126), T.float32(0), (T.float32(1) + f * p) * scale)
 
 
 @T.macro
@@ -140,11 +225,12 @@ def _attention_unit(
     is used by one unit only, so transposing it would cost more than the scores themselves.
     Each key row is read straight from the pages (unit stride over head_dim; RoPE'd once into a
     local row, at position ``k_pos0 + j``, when ``rotary_mode == 1``) and dotted with the
-    ``gs`` query rows in ``lanes``-wide partial sums, folded by halves at the end.
+    ``gs`` query rows in ``_LANES``-wide partial sums, folded by halves at the end (so
+    ``d_qk`` must be a multiple of ``_LANES``; ``fast_attention_decode_cpu`` checks).
     """
-    lanes = 1
-    while lanes < 16 and d_qk % (lanes * 2) == 0:
-        lanes *= 2
+    # decode: a polynomial that vectorises (libm's exp2f is called once per lane, ~15 % of the
+    # kernel); prefill keeps libm's, bit for bit
+    exp2 = _exp2_poly if decode else T.exp2
 
     @T.macro
     def score_blocks(q_loc, kt, s, hk, n, kbase, sm_scale):
@@ -193,8 +279,8 @@ def _attention_unit(
             # the scores in key order; padding up to whole kb blocks gets _PAD
             for j in range(n):
                 page: T.let[T.int32] = page_values[vbase + j // page_size]
-                k_loc = T.alloc_buffer((d_qk,), "float32", scope="local")
                 if rotary_mode == 1:
+                    k_loc = T.alloc_buffer((d_qk,), "float32", scope="local")
                     for dd in range(d_qk):
                         k_loc[dd] = T.Cast(
                             "float32",
@@ -203,28 +289,11 @@ def _attention_unit(
                                 dtype, rope_scaling,
                             ),
                         )
+                    for g in T.unroll(gs):
+                        s[g, j] = _dot(q_loc, g, k_loc, (), d_qk) * (sm_scale * _LOG2E)
                 else:
-                    for dd in T.vectorized(d_qk):
-                        k_loc[dd] = T.Cast("float32", vsrc[page, 0, hk, j % page_size, dd])
-                for g in T.unroll(gs):
-                    part = T.alloc_buffer((lanes,), "float32", scope="local")
-                    for i in T.vectorized(lanes):
-                        part[i] = q_loc[g, i] * k_loc[i]
-                    for c in T.unroll(1, d_qk // lanes):
-                        for i in T.vectorized(lanes):
-                            part[i] = part[i] + q_loc[g, c * lanes + i] * k_loc[c * lanes + i]
-                    if lanes >= 16:
-                        for i in T.vectorized(8):
-                            part[i] = part[i] + part[i + 8]
-                    if lanes >= 8:
-                        for i in T.vectorized(4):
-                            part[i] = part[i] + part[i + 4]
-                    if lanes >= 4:
-                        for i in T.vectorized(2):
-                            part[i] = part[i] + part[i + 2]
-                    if lanes >= 2:
-                        part[0] = part[0] + part[1]
-                    s[g, j] = part[0] * (sm_scale * _LOG2E)
+                    for g in T.unroll(gs):
+                        s[g, j] = _dot(q_loc, g, vsrc, (page, 0, hk, j % page_size), d_qk) * (sm_scale * _LOG2E)
             for g, j in T.grid(gs, (n + kb - 1) // kb * kb - n):
                 s[g, n + j] = T.float32(_PAD)
         else:
@@ -253,7 +322,7 @@ def _attention_unit(
             # whole blocks vectorised; the tail apart, so no padding lane goes through exp2
             for jb in range(n // kb):
                 for j in T.vectorized(kb):
-                    s[g, jb * kb + j] = T.exp2(s[g, jb * kb + j] - m[g])
+                    s[g, jb * kb + j] = exp2(s[g, jb * kb + j] - m[g])
                     ps[j] = ps[j] + s[g, jb * kb + j]
             for j in range(n % kb):
                 s[g, n // kb * kb + j] = _exp2_or_zero(s[g, n // kb * kb + j] - m[g])
@@ -275,20 +344,24 @@ def _attention_unit(
                     for j in T.vectorized(kb):
                         s[g, jb * kb + j] = s[g, jb * kb + j] / den[g]
 
-        # P @ V in key order, vectorised over head_dim, each value row used by all gs heads
+        # P @ V in key order, vectorised over head_dim, each value row used by all gs heads;
+        # _PV_KEYS keys per store of the accumulators (see _add_weighted_values)
         o = T.alloc_buffer((gs, d_v), "float32", scope="local")
         for g in T.unroll(gs):
             for i in T.vectorized(d_v):
                 o[g, i] = T.float32(0)
-        for j in range(n):
+        for jb in range(n // _PV_KEYS):
             for g in T.unroll(gs):
                 for i in T.vectorized(d_v):
-                    if paged:
-                        o[g, i] = o[g, i] + T.Cast(
-                            "float32", vsrc[page_values[vbase + j // page_size], 1, hk, j % page_size, i]
-                        ) * s[g, j]
-                    else:
-                        o[g, i] = o[g, i] + T.Cast("float32", vsrc[vbase + j, hk, i]) * s[g, j]
+                    o[g, i] = _add_weighted_values(
+                        o, s, vsrc, page_values, g, i, jb * _PV_KEYS, _PV_KEYS, vbase, hk, page_size, paged
+                    )
+        for j in range(n % _PV_KEYS):
+            for g in T.unroll(gs):
+                for i in T.vectorized(d_v):
+                    o[g, i] = _add_weighted_values(
+                        o, s, vsrc, page_values, g, i, n // _PV_KEYS * _PV_KEYS + j, 1, vbase, hk, page_size, paged
+                    )
         for g in range(gs):
             if e_masked[g] > T.float32(0):  # only when no key is visible or scores are ~ -5e4
                 for j in range(k_n - n):
@@ -682,7 +755,7 @@ def _build_decode(func: tirx.PrimFunc, rope_scaling: dict[str, Any]) -> tirx.Pri
     if sigs is None:
         return None
     (_, h_q, d), (_, two, h_kv, page_size, d_k) = (sigs[i][2] for i in (0, 1))
-    if None in (h_q, d, h_kv, page_size) or two != 2 or d_k != d or h_q % h_kv:
+    if None in (h_q, d, h_kv, page_size) or two != 2 or d_k != d or h_q % h_kv or d % _LANES:
         return None
     return fast_attention_decode_cpu(h_kv, h_q, d, sigs[0][1], rope_scaling, page_size)
 
