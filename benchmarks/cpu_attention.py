@@ -6,7 +6,7 @@ library is. With ``--baseline FILE`` (another version of ``tvm_schedules/cpu/att
 version's kernel is built too and the two are timed alternately, call batch by call batch,
 because the machines this runs on are shared. Reports the median and min of
 ``time_evaluator``'s repeats per context length, and the speedup of the medians; writes
-``benchmarks/results/cpu_attention_<cpu>.{md,json}``.
+``benchmarks/results/cpu_attention_<cpu>.{md,json}``, named as ``cpu_kernels.py`` names its report.
 
     TVM_NUM_THREADS=2 python benchmarks/cpu_attention.py [--baseline old_attention.py]
 """
@@ -31,12 +31,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tvm  # noqa: E402
-from tvm.target import codegen  # noqa: E402
 
+from benchmarks.cpu_kernels import RESULTS, cpu_name, slug  # noqa: E402
 from desv_export.compile import host_cpu_target  # noqa: E402
 from tvm_schedules.cpu import attention  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 PAGE = 16
 
 
@@ -104,8 +103,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: (round(v["median"], 2) if isinstance(v, dict) else v) for k, v in row.items()}))
 
-    cpu = codegen.llvm_get_system_cpu()
-    stem = f"cpu_attention_{cpu}"
+    cpu = cpu_name()
+    stem = f"cpu_attention_{slug(cpu)}"
     env = {"cpu": cpu, "threads": os.environ.get("TVM_NUM_THREADS", "default"), "heads": heads,
            "date": time.strftime("%Y-%m-%d"), "command": shlex.join(sys.argv),
            "baseline": args.baseline_label or (str(args.baseline) if args.baseline else None)}

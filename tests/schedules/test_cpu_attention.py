@@ -145,6 +145,7 @@ def _compare_decode(
         q_lens, kv_lens, heads, seed=11 * sum(kv_lens) + rotary_mode
     )
     q_pos = np.array([n - 1 for n in kv_lens], np.int32)
+    scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
     dev = tvm.cpu()
     results = []
     for fast in (False, True):
@@ -152,7 +153,6 @@ def _compare_decode(
         lse = tvm.runtime.tensor(np.full((len(kv_lens), h_q), np.nan, np.float32), dev)
         arrays = [q, pages, page_indptr, page_values, last_page_len, k_off, q_pos]
         args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
-        scale = 1.0 / math.sqrt(d) if sm_scale is None else sm_scale
         _kernel("decode", fast, *heads, host=host)(*args, out, lse, rotary_mode, 1.0, 10000.0, scale)
         results.append((out.numpy(), lse.numpy()))
     (o_ref, l_ref), (o_new, l_new) = results

@@ -42,7 +42,7 @@ TVM_NUM_THREADS=2: 94 -> 11.5 us at 128 tokens of context, 753 -> 53 us at 1024 
 Reworked on 2026-12-03, 2.6-2.8x (Zen 4, TVM_NUM_THREADS=2, ``benchmarks/cpu_attention.py
 --baseline`` with the previous version, the two alternating; median us): 17.7 -> 6.8 at 128
 keys, 33.2 -> 11.9 at 256, 132 -> 48 at 1,024, 578 -> 210 at 4,096
-(``benchmarks/results/cpu_attention_znver4.md``). Three changes, each seen in the
+(``benchmarks/results/cpu_attention_amd_epyc_znver4.md``). Three changes, each seen in the
 disassembly: the q.k dot product is one expression folded by subvector shuffles
 (``_dot``), P @ V adds 8 keys per store of its accumulators (``_add_weighted_values``), and
 exp2 is a polynomial that vectorises (``_exp2_poly``; libm's was called once per lane).
@@ -81,6 +81,20 @@ def _exp2_or_zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return T.if_then_else(x < T.float32(_EXP2_ZERO), T.float32(0), T.exp2(x))
 
 
+def _value(
+    vsrc: tirx.Buffer, page_values: tirx.Buffer, j: tirx.PrimExpr, vbase: tirx.PrimExpr, hk: tirx.PrimExpr,
+    i: tirx.PrimExpr, page_size: int, paged: bool,
+) -> tirx.PrimExpr:
+    """Element ``i`` of key ``j``'s value row, float32: from its page (``paged``) or from the
+    ragged ``v[vbase + j, hk]``."""
+    if paged:
+        page = tirx.BufferLoad(page_values, [vbase + tirx.floordiv(j, page_size)])
+        value = tirx.BufferLoad(vsrc, [page, 1, hk, tirx.floormod(j, page_size), i])
+    else:
+        value = tirx.BufferLoad(vsrc, [vbase + j, hk, i])
+    return tirx.Cast("float32", value)
+
+
 def _add_weighted_values(
     o: tirx.Buffer,
     s: tirx.Buffer,
@@ -104,13 +118,8 @@ def _add_weighted_values(
     """
     acc = tirx.BufferLoad(o, [g, i])
     for t in range(count):
-        j = j0 + t
-        if paged:
-            page = tirx.BufferLoad(page_values, [vbase + tirx.floordiv(j, page_size)])
-            value = tirx.BufferLoad(vsrc, [page, 1, hk, tirx.floormod(j, page_size), i])
-        else:
-            value = tirx.BufferLoad(vsrc, [vbase + j, hk, i])
-        acc = acc + tirx.Cast("float32", value) * tirx.BufferLoad(s, [g, j])
+        value = _value(vsrc, page_values, j0 + t, vbase, hk, i, page_size, paged)
+        acc = acc + value * tirx.BufferLoad(s, [g, j0 + t])
     return acc
 
 
@@ -366,13 +375,10 @@ def _attention_unit(
             if e_masked[g] > T.float32(0):  # only when no key is visible or scores are ~ -5e4
                 for j in range(k_n - n):
                     for i in T.vectorized(d_v):
-                        if paged:
-                            o[g, i] = o[g, i] + T.Cast(
-                                "float32",
-                                vsrc[page_values[vbase + (n + j) // page_size], 1, hk, (n + j) % page_size, i],
-                            ) * e_masked[g]
-                        else:
-                            o[g, i] = o[g, i] + T.Cast("float32", vsrc[vbase + n + j, hk, i]) * (e_masked[g] / den[g])
+                        # the paged kernel divides by den at the end, the ragged one weighs each value
+                        o[g, i] = o[g, i] + _value(vsrc, page_values, n + j, vbase, hk, i, page_size, paged) * (
+                            e_masked[g] if paged else e_masked[g] / den[g]
+                        )
             for i in T.vectorized(d_v):
                 if paged:
                     output[row, hbase + g, i] = T.Cast(dtype, o[g, i] / den[g])
