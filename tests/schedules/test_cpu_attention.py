@@ -24,6 +24,7 @@ from tvm.relax.frontend.nn.llm._decode_kernels import _attention_decode_cpu
 from tvm.relax.frontend.nn.llm._prefill_kernels import _attention_prefill_cpu, _attention_prefill_ragged_cpu
 
 from desv_export.compile import host_cpu_target
+from tvm_schedules.cpu import attention
 from tvm_schedules.cpu.attention import (
     DECODE_NAME,
     PAGED_NAME,
@@ -172,6 +173,16 @@ def test_decode_matches_tvm(rotary_mode: int, kv_lens: list[int], host: bool) ->
 @pytest.mark.parametrize("heads", [(3, 9, 64), (2, 2, 32), (1, 8, 32)], ids=["smollm2", "mha", "group8"])
 def test_decode_other_head_layouts(heads: tuple[int, int, int], host: bool) -> None:
     _compare_decode(heads, [140, 16, 5], rotary_mode=0, host=host)
+
+
+@pytest.mark.parametrize("rotary_mode", [0, 1])
+def test_decode_splits_long_contexts(rotary_mode: int) -> None:
+    """Past _PART_KEYS keys the decode kernel splits each unit's keys into parts of whole pages
+    and merges the parts' softmax sums. The batch's longest sequence (1100 keys) sets 3 parts for
+    every sequence: 600 keys make 3 parts of 208, 208 and 184 keys, 5 keys a part of 5 and two
+    empty ones. Inline RoPE checks each part's key positions."""
+    assert 600 > attention._PART_KEYS and 1100 <= 3 * attention._PART_KEYS
+    _compare_decode((3, 9, 64), [1100, 5, 600], rotary_mode=rotary_mode, host=True)
 
 
 def test_decode_softmax_over_a_wide_score_range() -> None:

@@ -47,6 +47,21 @@ disassembly: the q.k dot product is one expression folded by subvector shuffles
 (``_dot``), P @ V adds 8 keys per store of its accumulators (``_add_weighted_values``), and
 exp2 is a polynomial that vectorises (``_exp2_poly``; libm's was called once per lane).
 
+In a model the KV cache is not in the caches when a layer's decode attention runs (the
+weights stream through them in between): with the pages cold the kernel took 4-5x its
+in-cache time (256 keys: 8.4 -> 33.9 us), which is what a decode step measured (~35 us per
+layer). So decode prefetches each key and value row a page ahead (``_prefetch_row``), and
+past ``_PART_KEYS`` keys splits every unit's keys into parts of whole pages, merged by their
+softmax sums (``_merge_key_splits``, flash-decoding's split-K), because SmolLM2's 3 units left
+one of 2 cores idle half the time. Cold pages (rotating page pools larger than the L3, old
+and new kernel interleaved; a script not kept in the repo; Zen 4, 2 threads): 128 keys 28.2 ->
+23.8 us, 256 51.5 -> 40.9, 1,024 205 -> 127, 4,096 558 -> 432; in cache (two runs of
+``benchmarks/cpu_attention.py --baseline``, the second in its results file) 0.88-0.91x at 128
+keys, 1.06-1.24x at 1,024, 1.14x at 4,096: the prefetches cost when nothing is missed. SmolLM2
+q4f16_1 decode, old and new library alternating: 13.25 -> 12.42 ms/token at a 1,500-token
+prompt, within noise at 128 (9.31 / 9.26). The parts' sum drops the originals' virtual initial
+element (m = -5e4, d = 1) from all but the first part, so it is counted once, as unsplit.
+
 ``UseFastCPUAttention`` swaps the kernels into a compiled model's IRModule.
 """
 
@@ -70,6 +85,13 @@ _EXP2_ZERO = -150.0  # exp2f(x) == 0 for x < -150: 2^x is under half the smalles
 _REG_FLOATS = 256  # floats of accumulators per work unit: 16 AVX-512 registers
 _PV_KEYS = 8  # keys per store of the P @ V accumulators
 _LANES = 16  # float32 lanes of the decode kernel's partial dot products (one AVX-512 register)
+# decode key splits: a part per _PART_KEYS keys (at most _MAX_PARTS) while the batch has fewer
+# than _SPLIT_BELOW_UNITS work units; a part costs ~0.7 us of its own, and parts of 128 or 256
+# keys were slower than none up to 256 / 512 keys (in cache, 2 threads)
+_PART_KEYS = 512
+_PREFETCH_KEYS = 16  # keys ahead that the decode kernel prefetches (one page)
+_MAX_PARTS = 8
+_SPLIT_BELOW_UNITS = 16
 
 RAGGED_NAME = "batch_prefill_ragged_kv"
 PAGED_NAME = "batch_prefill_paged_kv_cpu"
@@ -93,6 +115,23 @@ def _value(
     else:
         value = tirx.BufferLoad(vsrc, [vbase + j, hk, i])
     return tirx.Cast("float32", value)
+
+
+@T.macro
+def _prefetch_row(pages, page_values, j, vbase, hk, kv: int, page_size: int, d: int):
+    """Prefetch the key (``kv`` 0) or value (1) row of key ``j`` into the caches.
+
+    Why: a KV head's rows of one page are 4 KB at most, and consecutive pages are anywhere in
+    the pool, so the hardware prefetcher starts again at every page; in a model the KV cache
+    is not in the caches (the weights stream through them between layers), and the decode
+    kernel then waited on memory (4-5x its in-cache time)."""
+    for c in T.unroll(d * 4 // 64):
+        T.evaluate(
+            T.call_intrin(
+                "void", "tirx.prefetch",
+                T.address_of(pages[page_values[vbase + j // page_size], kv, hk, j % page_size, c * 16]), 0, 3, 1,
+            )
+        )
 
 
 def _add_weighted_values(
@@ -267,6 +306,7 @@ def _attention_unit(
         q, q_rope_position, kt, vsrc, page_values, output, lse,
         row, hk, hbase, n, k_n, kbase, vbase, s_len, k_pos0,
         rotary_mode, rope_scale, rope_theta, sm_scale,
+        part_o=None, part_m=None, part_den=None, part=None, first=True, whole=True,
     ):
         q_loc = T.alloc_buffer((gs, d_qk), "float32")
         if rotary_mode == 1:
@@ -300,9 +340,13 @@ def _attention_unit(
                         )
                     for g in T.unroll(gs):
                         s[g, j] = _dot(q_loc, g, k_loc, (), d_qk) * (sm_scale * _LOG2E)
+                    # in both branches: after the if, TIR's common subexpression pass bound a
+                    # key-row offset in one branch and used it in the other
+                    _prefetch_row(vsrc, page_values, T.min(j + _PREFETCH_KEYS, n - 1), vbase, hk, 0, page_size, d_qk)
                 else:
                     for g in T.unroll(gs):
                         s[g, j] = _dot(q_loc, g, vsrc, (page, 0, hk, j % page_size), d_qk) * (sm_scale * _LOG2E)
+                    _prefetch_row(vsrc, page_values, T.min(j + _PREFETCH_KEYS, n - 1), vbase, hk, 0, page_size, d_qk)
             for g, j in T.grid(gs, (n + kb - 1) // kb * kb - n):
                 s[g, n + j] = T.float32(_PAD)
         else:
@@ -344,9 +388,15 @@ def _attention_unit(
                 e_masked[g] = T.if_then_else(n < k_n, _exp2_or_zero(T.float32(_NEG) - m[g]), T.float32(0))
             else:
                 e_masked[g] = T.if_then_else(n < k_n, _exp2_or_zero(_NEG * _LOG2E * sm_scale - m[g]), T.float32(0))
-            den[g] = T.float32(1) * _exp2_or_zero(T.float32(_NEG) - m[g]) + (
-                tot[0] + T.Cast("float32", k_n - n) * e_masked[g]
-            )
+            if decode:
+                # the originals' initial (m, d) = (-5e4, 1) counts once: in a key split's first part
+                den[g] = T.if_then_else(first, T.float32(1), T.float32(0)) * _exp2_or_zero(
+                    T.float32(_NEG) - m[g]
+                ) + (tot[0] + T.Cast("float32", k_n - n) * e_masked[g])
+            else:
+                den[g] = T.float32(1) * _exp2_or_zero(T.float32(_NEG) - m[g]) + (
+                    tot[0] + T.Cast("float32", k_n - n) * e_masked[g]
+                )
             if not paged:
                 # the ragged kernel weighs each value by exp2(s - m) / d
                 for jb in range((n + kb - 1) // kb):
@@ -360,6 +410,11 @@ def _attention_unit(
             for i in T.vectorized(d_v):
                 o[g, i] = T.float32(0)
         for jb in range(n // _PV_KEYS):
+            if decode:
+                for t in range(_PV_KEYS):
+                    _prefetch_row(
+                        vsrc, page_values, T.min(jb * _PV_KEYS + t + _PREFETCH_KEYS, n - 1), vbase, hk, 1, page_size, d_v
+                    )
             for g in T.unroll(gs):
                 for i in T.vectorized(d_v):
                     o[g, i] = _add_weighted_values(
@@ -379,12 +434,18 @@ def _attention_unit(
                         o[g, i] = o[g, i] + _value(vsrc, page_values, n + j, vbase, hk, i, page_size, paged) * (
                             e_masked[g] if paged else e_masked[g] / den[g]
                         )
-            for i in T.vectorized(d_v):
-                if paged:
-                    output[row, hbase + g, i] = T.Cast(dtype, o[g, i] / den[g])
-                else:
-                    output[row, hbase + g, i] = T.Cast(dtype, o[g, i])
-            lse[row, hbase + g] = m[g] + T.log2(den[g])
+            if whole:
+                for i in T.vectorized(d_v):
+                    if paged:
+                        output[row, hbase + g, i] = T.Cast(dtype, o[g, i] / den[g])
+                    else:
+                        output[row, hbase + g, i] = T.Cast(dtype, o[g, i])
+                lse[row, hbase + g] = m[g] + T.log2(den[g])
+            else:  # decode, one part of a key split: merged by _merge_key_splits
+                for i in T.vectorized(d_v):
+                    part_o[part, g, i] = o[g, i]
+                part_m[part, g] = m[g]
+                part_den[part, g] = den[g]
 
     return unit
 
@@ -690,20 +751,73 @@ def fast_attention_decode_cpu(
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
         length_info = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_elem_offset)
 
-        for p in T.parallel(B * units):
-            b: T.let[T.int32] = p // units
-            hk: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[0]
-            hbase: T.let[T.int32] = _unit_heads(p, units, n_sub, group_size, gs)[1]
+        # parts per (sequence, unit): split the keys when the units alone are too few for the cores
+        longest = T.alloc_buffer((1,), "int32", scope="local")
+        longest[0] = 0
+        for b in range(B):
+            longest[0] = T.max(
+                longest[0], _paged_len(page_table_indptr[b], page_table_indptr[b + 1], page_size, length_info[b])
+            )
+        parts: T.let[T.int32] = T.if_then_else(
+            B * units >= _SPLIT_BELOW_UNITS,
+            1,
+            T.min(_MAX_PARTS, T.max(1, (longest[0] + _PART_KEYS - 1) // _PART_KEYS)),
+        )
+        part_o = T.alloc_buffer((B * units * _MAX_PARTS, gs, d), "float32")
+        part_m = T.alloc_buffer((B * units * _MAX_PARTS, gs), "float32")
+        part_den = T.alloc_buffer((B * units * _MAX_PARTS, gs), "float32")
+
+        for p in T.parallel(B * units * parts):
+            u: T.let[T.int32] = p // parts
+            b: T.let[T.int32] = u // units
+            hk: T.let[T.int32] = _unit_heads(u, units, n_sub, group_size, gs)[0]
+            hbase: T.let[T.int32] = _unit_heads(u, units, n_sub, group_size, gs)[1]
             p_beg: T.let[T.int32] = page_table_indptr[b]
-            p_end: T.let[T.int32] = page_table_indptr[b + 1]
-            k_n: T.let[T.int32] = _paged_len(p_beg, p_end, page_size, length_info[b])
+            k_n: T.let[T.int32] = _paged_len(p_beg, page_table_indptr[b + 1], page_size, length_info[b])
+            # part p % parts: keys [start, start + n) in whole pages
+            span: T.let[T.int32] = ((k_n + parts - 1) // parts + page_size - 1) // page_size * page_size
+            start: T.let[T.int32] = p % parts * span
+            n: T.let[T.int32] = T.max(0, T.min(span, k_n - start))
             unit(
                 Q, q_rope_position, pages, pages, page_table_values, output, lse,
-                b, hk, hbase, k_n, k_n, 0, p_beg, nnz_pages * page_size + kb, k_rope_pos_offset[b],
-                rotary_mode, rope_scale, rope_theta, sm_scale,
+                b, hk, hbase, n, n, 0, p_beg + start // page_size, nnz_pages * page_size + kb,
+                k_rope_pos_offset[b] + start, rotary_mode, rope_scale, rope_theta, sm_scale,
+                part_o, part_m, part_den, p, p % parts == 0, parts == 1,
             )
+        if parts > 1:
+            for u in range(B * units):
+                _merge_key_splits(
+                    part_o, part_m, part_den, output, lse, u, parts, u // units,
+                    _unit_heads(u, units, n_sub, group_size, gs)[1], gs, d, dtype,
+                )
 
     return batch_decode_paged_kv_cpu
+
+
+@T.macro
+def _merge_key_splits(part_o, part_m, part_den, output, lse, u, parts, row, hbase, gs: int, d: int, dtype: str):
+    """Unit ``u``'s parts ``u * parts ..``: each part's softmax sum and unnormalised ``P @ V``
+    rescaled to the common max, then divided once (log2 units, as the parts' ``m``)."""
+    for g in range(gs):
+        top = T.alloc_buffer((1,), "float32", scope="local")
+        top[0] = part_m[u * parts, g]
+        for s in range(1, parts):
+            top[0] = T.max(top[0], part_m[u * parts + s, g])
+        w = T.alloc_buffer((_MAX_PARTS,), "float32", scope="local")
+        den = T.alloc_buffer((1,), "float32", scope="local")
+        den[0] = T.float32(0)
+        for s in range(parts):
+            w[s] = T.exp2(part_m[u * parts + s, g] - top[0])
+            den[0] = den[0] + part_den[u * parts + s, g] * w[s]
+        o = T.alloc_buffer((d,), "float32", scope="local")
+        for i in T.vectorized(d):
+            o[i] = T.float32(0)
+        for s in range(parts):
+            for i in T.vectorized(d):
+                o[i] = o[i] + part_o[u * parts + s, g, i] * w[s]
+        for i in T.vectorized(d):
+            output[row, hbase + g, i] = T.Cast(dtype, o[i] / den[0])
+        lse[row, hbase + g] = top[0] + T.log2(den[0])
 
 
 # --- the pass ------------------------------------------------------------------------------------
