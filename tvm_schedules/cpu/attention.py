@@ -103,6 +103,15 @@ def _exp2_or_zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return T.if_then_else(x < T.float32(_EXP2_ZERO), T.float32(0), T.exp2(x))
 
 
+def _page_slot(
+    page_values: tirx.Buffer, j: tirx.PrimExpr, vbase: tirx.PrimExpr, page_size: int, kv: int, hk: tirx.PrimExpr
+) -> list:
+    """Leading indices into the pages ``[page, kv, hk, slot]`` of key ``j``'s key (``kv`` 0) or
+    value (1) row, for a sequence whose pages start at ``page_values[vbase]``."""
+    page = tirx.BufferLoad(page_values, [vbase + tirx.floordiv(j, page_size)])
+    return [page, kv, hk, tirx.floormod(j, page_size)]
+
+
 def _value(
     vsrc: tirx.Buffer, page_values: tirx.Buffer, j: tirx.PrimExpr, vbase: tirx.PrimExpr, hk: tirx.PrimExpr,
     i: tirx.PrimExpr, page_size: int, paged: bool,
@@ -110,28 +119,27 @@ def _value(
     """Element ``i`` of key ``j``'s value row, float32: from its page (``paged``) or from the
     ragged ``v[vbase + j, hk]``."""
     if paged:
-        page = tirx.BufferLoad(page_values, [vbase + tirx.floordiv(j, page_size)])
-        value = tirx.BufferLoad(vsrc, [page, 1, hk, tirx.floormod(j, page_size), i])
+        value = tirx.BufferLoad(vsrc, [*_page_slot(page_values, j, vbase, page_size, 1, hk), i])
     else:
         value = tirx.BufferLoad(vsrc, [vbase + j, hk, i])
     return tirx.Cast("float32", value)
 
 
-@T.macro
-def _prefetch_row(pages, page_values, j, vbase, hk, kv: int, page_size: int, d: int):
+def _prefetch_row(
+    pages: tirx.Buffer, page_values: tirx.Buffer, j: tirx.PrimExpr, vbase: tirx.PrimExpr, hk: tirx.PrimExpr,
+    kv: int, page_size: int, d: int,
+) -> None:
     """Prefetch the key (``kv`` 0) or value (1) row of key ``j`` into the caches.
 
     Why: a KV head's rows of one page are 4 KB at most, and consecutive pages are anywhere in
     the pool, so the hardware prefetcher starts again at every page; in a model the KV cache
     is not in the caches (the weights stream through them between layers), and the decode
     kernel then waited on memory (4-5x its in-cache time)."""
-    for c in T.unroll(d * 4 // 64):
-        T.evaluate(
-            T.call_intrin(
-                "void", "tirx.prefetch",
-                T.address_of(pages[page_values[vbase + j // page_size], kv, hk, j % page_size, c * 16]), 0, 3, 1,
-            )
-        )
+    row = _page_slot(page_values, j, vbase, page_size, kv, hk)
+    line = 64 * 8 // tvm.DataType(pages.dtype).bits  # elements per 64-byte cache line
+    for c in range(0, d, line):
+        address = T.address_of(tirx.BufferLoad(pages, [*row, c]))
+        T.evaluate(tirx.call_intrin("void", "tirx.prefetch", address, 0, 3, 1))
 
 
 def _add_weighted_values(
