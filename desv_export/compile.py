@@ -241,10 +241,10 @@ def _planned_bytes(func: relax.Function) -> int:
     return total
 
 
-def _cpu_attention_pass(rope_scaling: dict | None) -> tvm.transform.Pass:
+def _cpu_attention_pass(rope: dict) -> tvm.transform.Pass:
     from tvm_schedules.cpu.attention import UseFastCPUAttention
 
-    return UseFastCPUAttention(rope_scaling)
+    return UseFastCPUAttention(**rope)
 
 
 def _cpu_schedule_pass() -> tvm.transform.Pass:
@@ -304,10 +304,10 @@ def _gpu_schedule_pass(schedules: str) -> tvm.transform.Pass:
 
 
 def build_pipeline(target: tvm.target.Target, metadata: dict, bounds: dict[str, int], schedules: str,
-                   rope_scaling: dict | None = None):
+                   rope: dict | None = None):
     is_cpu = target.kind.name == "llvm"
     passes = [
-        _cpu_attention_pass(rope_scaling) if is_cpu else tvm.transform.Sequential([]),
+        _cpu_attention_pass(rope or {}) if is_cpu else tvm.transform.Sequential([]),
         _AttachFuncAttrs(bounds),
         tirx.transform.BindTarget(target),
         relax.backend.DispatchSampling(),
@@ -433,7 +433,7 @@ def compile_model(
     t1 = time.perf_counter()
     with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
         with tgt:
-            mod = build_pipeline(tgt, metadata, bounds, schedules, cfg.rope_scaling_for_kv_cache)(mod)
+            mod = build_pipeline(tgt, metadata, bounds, schedules, cfg.kv_cache_rope)(mod)
         stages["relax"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         ex = relax.build(mod, target=tgt, relax_pipeline=None)

@@ -89,6 +89,13 @@ class LlamaConfig:
         rs = self.rope_scaling or {}
         return dict(rs) if rs.get("rope_type") == "llama3" else {}
 
+    @property
+    def kv_cache_rope(self) -> dict[str, Any]:
+        """The RoPE arguments ``TIRPagedKVCache`` gets, under its names: the CPU pipeline
+        builds its RoPE kernel from the same ones."""
+        return {"rope_theta": self.position_embedding_base, "rope_scale": 1,
+                "rope_scaling": self.rope_scaling_for_kv_cache, "rotary_dim": self.head_dim}
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, mode: QuantMode) -> None:
@@ -241,11 +248,8 @@ class LlamaForCausalLM(nn.Module):
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
             rope_mode=RopeMode.NORMAL,
-            rope_scale=1,
-            rope_theta=cfg.position_embedding_base,
-            rope_scaling=cfg.rope_scaling_for_kv_cache,
             rope_ext_factors=rx.prim_value(0),
-            rotary_dim=cfg.head_dim,
+            **cfg.kv_cache_rope,
             enable_disaggregation=False,
             dtype=self.dtype,
             target=self.target,

@@ -62,7 +62,7 @@ q4f16_1 decode, old and new library alternating: 13.25 -> 12.42 ms/token at a 1,
 prompt, within noise at 128 (9.31 / 9.26). The parts' sum drops the originals' virtual initial
 element (m = -5e4, d = 1) from all but the first part, so it is counted once, as unsplit.
 
-``UseFastCPUAttention`` swaps the kernels into a compiled model's IRModule.
+``UseFastCPUAttention`` swaps the kernels, and ``rope.py``'s RoPE, into a compiled model's IRModule.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ import tvm
 from tvm import IRModule, tirx
 from tvm.relax.frontend.nn.llm._kernel_common import _rope
 from tvm.script import tirx as T
+
+# absolute: benchmarks/cpu_attention.py loads an old copy of this file on its own, as a baseline
+from tvm_schedules.cpu.rope import NAME as ROPE_NAME
+from tvm_schedules.cpu.rope import fast_rope_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -891,7 +895,8 @@ def _build_decode(func: tirx.PrimFunc, rope_scaling: dict[str, Any]) -> tirx.Pri
 @tvm.transform.module_pass(opt_level=0, name="UseFastCPUAttention")
 class UseFastCPUAttention:
     """Swap ``batch_prefill_ragged_kv`` / ``batch_prefill_paged_kv_cpu`` /
-    ``batch_decode_paged_kv_cpu`` for the fast kernels (not the sliding-window ones).
+    ``batch_decode_paged_kv_cpu`` for the fast kernels (not the sliding-window ones), and, given
+    ``rope_theta``, the KV cache's RoPE (``fused_rope``) for ``rope.fast_rope_cpu``.
 
     Head counts, head_dim, page size and dtype are read off the existing PrimFunc's buffers; the
     original's attrs (``global_symbol``, ``target``, ...) are kept and ``tirx.noalias`` and
@@ -899,24 +904,41 @@ class UseFastCPUAttention:
     that does not have the expected signature is left as it is, as is everything else in the
     module; this pass never fails a compilation.
 
-    ``rope_scaling`` must be what the model gave ``TIRPagedKVCache``: it only matters for
+    ``rope_scaling`` must be what the model gave ``TIRPagedKVCache`` (so must ``rope_theta``,
+    ``rope_scale`` and ``rotary_dim``, None for head_dim); the attention kernels use it only for
     ``rotary_mode == 1`` (``RopeMode.INLINE``); RoPE is applied before the cache otherwise.
     """
 
-    def __init__(self, rope_scaling: dict[str, Any] | None = None) -> None:
+    def __init__(self, rope_scaling: dict[str, Any] | None = None, rope_theta: float | None = None,
+                 rope_scale: float = 1.0, rotary_dim: int | None = None) -> None:
         self.rope_scaling = dict(rope_scaling or {})
+        self.rope = (rope_theta, rope_scale, rotary_dim)
+
+    def _build_rope(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+        # qkv [seq, h_q + 2 h_kv, d], position_map [seq], q [seq, h_q, d], k, v [seq, h_kv, d]
+        theta, scale, rotary_dim = self.rope
+        sigs = _buffer_dims(func, 6, {0: 3, 1: 1, 2: 3, 3: 3, 4: 3})
+        if theta is None or sigs is None:
+            return None
+        (_, fused, d), (_, h_q, d_q), (_, h_kv, _) = (sigs[i][2] for i in (0, 2, 3))
+        if None in (fused, d, h_q, h_kv) or d_q != d or fused != h_q + 2 * h_kv:
+            return None
+        return fast_rope_cpu(theta, scale, d, h_q, h_kv, sigs[0][1], self.rope_scaling, rotary_dim)
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        builders = {RAGGED_NAME: _build_ragged, PAGED_NAME: _build_paged, DECODE_NAME: _build_decode}
+        builders = {name: (lambda func, build=build: build(func, self.rope_scaling))
+                    for name, build in ((RAGGED_NAME, _build_ragged), (PAGED_NAME, _build_paged),
+                                        (DECODE_NAME, _build_decode))}
+        builders[ROPE_NAME] = self._build_rope
         swaps: dict[str, tirx.PrimFunc] = {}
         for gv, func in mod.functions_items():
             build = builders.get(gv.name_hint)
             if build is None or not isinstance(func, tirx.PrimFunc):
                 continue
             try:
-                new = build(func, self.rope_scaling)
+                new = build(func)
                 if new is None or [_param_sig(p) for p in new.params] != [_param_sig(p) for p in func.params]:
-                    logger.warning("UseFastCPUAttention: %s has an unexpected signature; kept", gv.name_hint)
+                    logger.warning("UseFastCPUAttention: %s kept (a signature or variant the fast kernel does not cover)", gv.name_hint)
                     continue
                 for key, value in (func.attrs or {}).items():
                     new = new.with_attr(key, value)
