@@ -3,10 +3,10 @@ cosine and sine computed once per token instead of once per element.
 
 TVM's kernel (``relax.frontend.nn.llm.position_embedding.llama_rope_with_position_map``) splits
 the fused qkv rows into q, k and v and rotates q and k, evaluating ``theta ** (2d / rotary)``
-(``powf``), ``cos`` and ``sin`` for every (token, head, d): 2 x (heads + kv heads) x rotary
-libm calls per token and layer where rotary / 2 distinct frequencies exist. SmolLM2 (9 + 3
-heads, head_dim 64) makes 768 calls of each where 32 are needed, 23k per decoded token, all on
-one core (the kernel is parallel over tokens only). ``fast_rope_cpu`` computes a token's
+(``powf``), ``cos`` and ``sin`` for every (token, head, d): (heads + kv heads) x rotary calls
+of each per token and layer, where rotary / 2 distinct frequencies exist. SmolLM2 (9 + 3 heads,
+head_dim 64) makes 768 calls of each where 32 are needed, 23k per decoded token, all on one
+core (the kernel is parallel over tokens only). ``fast_rope_cpu`` computes a token's
 rotary / 2 cosines and sines into a table with TVM's own frequency expression
 (``switch_rope_freq_func``, so llama3 scaling too), then rotates every head from it; the same
 float32 operations in the same order, so the outputs equal TVM's bit for bit. Tokens run across
