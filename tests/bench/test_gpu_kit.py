@@ -43,3 +43,6 @@ def test_fingerprint_covers_the_schedules():
     kit = _gpu_kit()
     assert "tvm_schedules" in kit.SOURCES and "desv_export" in kit.SOURCES
     assert len(kit.source_fingerprint()) == 64
+    files = {str(path.relative_to(kit.ROOT)) for path in kit.tree_files(*kit.SOURCES)}
+    assert "tvm_schedules/gemv.py" in files and "desv_export/compile.py" in files
+    assert not any(name.startswith("tvm_schedules/cpu/") for name in files)  # CPU-only rules
