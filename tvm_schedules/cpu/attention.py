@@ -107,6 +107,12 @@ def _exp2_or_zero(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return T.if_then_else(x < T.float32(_EXP2_ZERO), T.float32(0), T.exp2(x))
 
 
+def _initial_weight(decode: bool, first) -> tirx.PrimExpr:
+    """The weight of the originals' initial (m, d) = (-5e4, 1) in a unit's softmax sum: 1, but
+    in decode only in a key split's ``first`` part, so that the parts' sum counts it once."""
+    return T.if_then_else(first, T.float32(1), T.float32(0)) if decode else T.float32(1)
+
+
 def _page_slot(
     page_values: tirx.Buffer, j: tirx.PrimExpr, vbase: tirx.PrimExpr, page_size: int, kv: int, hk: tirx.PrimExpr
 ) -> list:
@@ -400,15 +406,9 @@ def _attention_unit(
                 e_masked[g] = T.if_then_else(n < k_n, _exp2_or_zero(T.float32(_NEG) - m[g]), T.float32(0))
             else:
                 e_masked[g] = T.if_then_else(n < k_n, _exp2_or_zero(_NEG * _LOG2E * sm_scale - m[g]), T.float32(0))
-            if decode:
-                # the originals' initial (m, d) = (-5e4, 1) counts once: in a key split's first part
-                den[g] = T.if_then_else(first, T.float32(1), T.float32(0)) * _exp2_or_zero(
-                    T.float32(_NEG) - m[g]
-                ) + (tot[0] + T.Cast("float32", k_n - n) * e_masked[g])
-            else:
-                den[g] = T.float32(1) * _exp2_or_zero(T.float32(_NEG) - m[g]) + (
-                    tot[0] + T.Cast("float32", k_n - n) * e_masked[g]
-                )
+            den[g] = _initial_weight(decode, first) * _exp2_or_zero(T.float32(_NEG) - m[g]) + (
+                tot[0] + T.Cast("float32", k_n - n) * e_masked[g]
+            )
             if not paged:
                 # the ragged kernel weighs each value by exp2(s - m) / d
                 for jb in range((n + kb - 1) // kb):
