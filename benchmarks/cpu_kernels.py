@@ -1,4 +1,4 @@
-"""CPU benchmark of the decode GEMV (``tvm_schedules.cpu.CPUVectorGEMV``), every quantized mode.
+"""CPU benchmark of the decode GEMV (``tvm_schedules.cpu.CPUVectorGEMV``), every export mode.
 
 For SmolLM2-135M's linears at one token (qkv 960x576, o 576x576, gate_up 3072x576, down
 576x1536, lm_head 49152x576) it times the kernel the rule builds for this host and, with
@@ -6,7 +6,7 @@ For SmolLM2-135M's linears at one token (qkv 960x576, o 576x576, gate_up 3072x57
 in the same process, the two interleaved call by call, because the machines this runs on are
 shared and noisy. Weights are rotated over enough copies to exceed the last-level cache, as in
 a decode step, where every layer's weights come from memory. Reports min and median per call,
-GB/s of packed weights (codes, scales, zeros) at the median and the speedup of the medians;
+GB/s of weights as stored (codes, scales, zeros; float16 for q0f16) at the median and the speedup of the medians;
 writes ``benchmarks/results/cpu_kernels_<cpu>.{md,json}``.
 
     TVM_NUM_THREADS=2 python benchmarks/cpu_kernels.py [--quick] [--baseline old_gemv.py]
@@ -36,12 +36,14 @@ import tvm  # noqa: E402
 from desv_export.compile import host_cpu_target  # noqa: E402
 from desv_export.modes import MODES  # noqa: E402
 from tvm_schedules.cpu import CPUVectorGEMV  # noqa: E402
+from tvm_schedules.cpu.workloads import float16_matmul  # noqa: E402
 from tvm_schedules.workloads import dequant_matmul, llama_shapes, random_quantized  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHAPES = [(s.name, s.n, s.k) for s in llama_shapes(576, 1536, 49152, heads=9, kv_heads=3)]
-QUANT_MODES = [name for name, m in MODES.items() if m.quantized]
-QUICK_MODES = ["q4f16_1", "q3f16_1", "q4f16_g128asym", "q3f16_g128asym", "q2f16_g128asym"]
+# q0f16: the float16 GEMV (q0f16's linears, the asymmetric modes' float16 tied lm_head).
+ALL_MODES = list(MODES)
+QUICK_MODES = ["q0f16", "q4f16_1", "q3f16_1", "q4f16_g128asym", "q3f16_g128asym", "q2f16_g128asym"]
 ROTATE_BYTES = 96 << 20  # weight copies per kernel: > 2x a 32 MiB L3
 
 
@@ -71,15 +73,21 @@ def load_rule(path: Path):
 
 
 def build(rule, mode: str, n: int, k: int, target):
-    func = dequant_matmul(mode, n, k, x_dtype="float32", out_dtype="float32")
+    if MODES[mode].quantized:
+        func = dequant_matmul(mode, n, k, x_dtype="float32", out_dtype="float32")
+    else:
+        func = float16_matmul(n, k)
     sch = rule.apply(func, target, False)
     return tvm.compile(sch.mod, target=target)
 
 
 def copies(mode: str, n: int, k: int, dev, rng) -> list[list]:
     """Argument lists over distinct weight copies, together larger than ROTATE_BYTES."""
-    t = random_quantized(mode, n, k, rng)
-    weights = [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+    if MODES[mode].quantized:
+        t = random_quantized(mode, n, k, rng)
+        weights = [t["q_weight"], t["q_scale"]] + ([t["q_zero"]] if "q_zero" in t else [])
+    else:
+        weights = [rng.standard_normal((n, k)).astype("float16")]
     nbytes = sum(w.nbytes for w in weights)
     x = tvm.runtime.tensor(rng.standard_normal((1, 1, k)).astype("float32"), dev)
     out = tvm.runtime.tensor(np.zeros((1, 1, n), "float32"), dev)
@@ -159,7 +167,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "1-minute load average of the machine before / after the run (other processes "
              "count too): " + " / ".join(f"{v:.2f}" for v in meta["load_average"]) + ".", "",
              "ms per call over weight copies larger than the L3 (weights from memory, as in "
-             "decode); GB/s = packed weight bytes / median; old = " + meta["baseline"] + ".", "",
+             "decode); GB/s = stored weight bytes / median; old = " + meta["baseline"] + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [format_row(r) for r in rows]
     labels = [label for label in ("old", "new") if any(label in r for r in rows)]
@@ -192,14 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"modes {', '.join(QUICK_MODES)}, fewer calls")
-    parser.add_argument("--modes", help="comma-separated modes (default: every quantized mode)")
+    parser.add_argument("--modes", help="comma-separated modes (default: every mode)")
     parser.add_argument("--baseline", type=Path,
                         help="another version of tvm_schedules/cpu/gemv.py to compare with")
     parser.add_argument("--baseline-label", help="what the baseline is, for the report")
     parser.add_argument("--reps", type=int, help="calls per kernel (default 200, quick 60)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    modes = args.modes.split(",") if args.modes else QUICK_MODES if args.quick else QUANT_MODES
+    modes = args.modes.split(",") if args.modes else QUICK_MODES if args.quick else ALL_MODES
     reps = args.reps or (60 if args.quick else 200)
     load_before = os.getloadavg()[0]
     rows = run(modes, SHAPES, reps, args.baseline)

@@ -23,6 +23,7 @@ from tests.schedules.conftest import exact_case, first_rule, packed_params
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
 from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
 from tvm_schedules.cpu.match import match_matmul
+from tvm_schedules.cpu.workloads import float16_matmul
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
 QUANT_MODES = [m for m in MODES if MODES[m].quantized]
@@ -87,6 +88,33 @@ def _check_exact(mode, case, target):
     out = tvm.runtime.tensor(np.full((batch, rows, n), np.nan, np.float32), dev)
     lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
     np.testing.assert_array_equal(out.numpy().reshape(m, n), expect)
+
+
+@pytest.mark.parametrize("target", [LLVM, AVX2], ids=["host", "avx2"])
+@pytest.mark.parametrize("case", CASES[:3], ids=[c[0] for c in CASES[:3]])
+def test_cpu_gemv_of_a_float16_weight_is_exact(case, target):
+    """The streamed row-after-row form (q0f16, and the float16 tied lm_head of the asymmetric
+    modes): K of two 16-lane chains (640), of one (1000) and with a tail (600), a partial last
+    task (203 rows), the residual epilogue. Weights are multiples of 1/8 below 2, x is
+    +-1 on at most 40 columns: every partial sum is exact, so the result must be too."""
+    _, _, _, _, n, k, epilogue, _ = case
+    name, mod = first_rule(cpu_rules(), float16_matmul(n, k, epilogue), target)
+    assert name == "CPUVectorGEMV"
+    rng = np.random.default_rng(3)
+    w = (rng.integers(-15, 16, (n, k)) / 8).astype(np.float16)
+    _, x16 = exact_case("q4f16_1", 1, k, 1)
+    x = x16.astype(np.float32)
+    expect = x @ w.astype(np.float32).T
+    args = [x.reshape(1, 1, k), w]
+    if epilogue == "add":
+        residual = rng.integers(-8, 8, (1, n)).astype(np.float32) / 8
+        args.append(residual.reshape(1, 1, n))
+        expect = expect + residual
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.full((1, 1, n), np.nan, np.float32), dev)
+    lib = tvm.compile(mod, target=target)
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args], out)
+    np.testing.assert_array_equal(out.numpy().reshape(1, n), expect)
 
 
 @pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q2f16_g128asym"])

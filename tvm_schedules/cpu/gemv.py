@@ -73,6 +73,20 @@ Other targets (no AVX-512) and any dequantize of another form keep the schedule 
 (``_schedule``): dequantize inline, 16-lane ``rfactor`` partial sums, ``ROWS`` rows
 interleaved, rows across cores, 3-bit groups that straddle words unpacked in a phase of their
 own.
+
+A float16 weight (q0f16, and the float16 embedding that the asymmetric modes keep as their
+tied lm_head) costs two instructions per 16 weights, so it is bound by memory, and there the
+row interleave hurt: 4 rows read side by side are 4 forward streams of one row each (1152
+bytes at K = 576), too short for the hardware prefetcher to follow. ``_schedule_streamed``
+reads the rows one after another, one forward stream per core, with two 16-lane FMA chains a
+row. Zen 4 VM, 2 threads, 2026-12-03, old and new library alternating in one process: a q0f16
+SmolLM2 decode step 19.1 -> 10.6 ms (median of 8 rounds; a second run 23.5 -> 19.5 while
+another tenant loaded the memory), the step of q4f16_g128asym with its float16 lm_head 10.6 ->
+8.4 ms, of q2f16_g128asym 9.6 -> 7.2 ms; in ``perf``, q0f16's gate_up went from 32 % of the
+step's samples to 19 %. ``benchmarks/cpu_kernels.py --modes q0f16`` gives the lm_head 4.29 ->
+1.90 ms (13 -> 30 GB/s) but the four small linears 0.75-1.08x: called back to back on rotated
+copies they read at 35-75 GB/s, faster than this machine's DRAM, so that loop does not show
+how they run between the model's other kernels.
 """
 
 from __future__ import annotations
@@ -92,6 +106,7 @@ from ..analysis import u32
 from .match import CPUMatmul, CPUMatmulRule, is_llvm, match_matmul
 
 ROWS = 4  # output rows sharing each x vector
+STREAM_LANES = 32  # float weights: partial sums per row, two 16-lane FMA chains
 LANES = 16  # float32 lanes of one AVX-512 register
 TILES = 8  # row tiles per parallel task: one accumulator allocation per task, not per tile
 WORDS = {8: 2, 10: 8, 16: 1}  # codes per word -> words per chunk (one broadcast load)
@@ -492,6 +507,8 @@ def staged(info: CPUMatmul) -> bool:
 def _schedule(info: CPUMatmul) -> s_tir.Schedule:
     if staged(info):
         return _schedule_staged(info)
+    if info.epw is None:
+        return _schedule_streamed(info)
     sch, block = info.sch, info.block
     if info.unpack is not None:
         sch.compute_inline(info.unpack)
@@ -501,6 +518,17 @@ def _schedule(info: CPUMatmul) -> s_tir.Schedule:
     sch = _finish(info, partial, n_o, k_o, k_i)
     sch.unroll(n_i)  # ROWS independent FMA chains
     return sch
+
+
+def _schedule_streamed(info: CPUMatmul) -> s_tir.Schedule:
+    """A float weight, row after row: each core reads its rows as one forward stream (see the
+    module docstring); a K that is not a multiple of two chains keeps one."""
+    sch, block = info.sch, info.block
+    sch.compute_inline(info.weight)
+    lanes = STREAM_LANES if info.k % STREAM_LANES == 0 else LANES
+    partial, n_o, n_i, k_o, k_i = _partial_sums(sch, block, lanes)
+    sch.reorder(n_o, n_i, k_o, k_i)
+    return _finish(info, partial, n_o, k_o, k_i)
 
 
 def _schedule_staged(info: CPUMatmul) -> s_tir.Schedule:
