@@ -12,6 +12,15 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f}G" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f}M"
 
 
+def _runs(result: dict) -> str:
+    rounds = result.get("rounds", 1)
+    runs = result["runs"]
+    each = f"{runs} run{'s' if runs != 1 else ''} after {result['warmup']} warm-up"
+    if rounds == 1:
+        return each
+    return f"{rounds * result['runs']} runs ({rounds} rounds over every row in turn, each {each})"
+
+
 def markdown(result: dict) -> str:
     """One row per mode and baseline; every number comes from ``result["rows"]``."""
     env = result["environment"]
@@ -19,7 +28,7 @@ def markdown(result: dict) -> str:
         f"# Deployment table: {result['model']}",
         "",
         f"Device: {env['device']}. Prompt {result['prompt_len']} tokens, {result['gen_len']} generated, "
-        f"batch 1, median of {result['runs']} runs after {result['warmup']} warm-up. "
+        f"batch 1, median of {_runs(result)}. "
         f"RM: {result['rm_method']}.",
         "",
         "| " + " | ".join(("Mode",) + COLUMNS) + " |",

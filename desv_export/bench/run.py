@@ -1,6 +1,7 @@
 """The deployment benchmark: for each mode export (or synthesize), compile, generate, measure.
 
-Rows are measured one process each (``worker.py``) so each row's running memory is its own.
+Rows are measured one process each (``worker.py``) so each row's running memory is its own;
+with ``rounds`` > 1 every row is measured once a round and its runs are pooled.
 Measuring needs only TVM's runtime: libraries compiled beforehand (``build_libraries``, the
 ``--compile-only`` run) are reused, and the compiler and exporter are imported only when a
 library or a weight directory has to be built here.
@@ -26,7 +27,7 @@ from ..mlc.tensor_cache import read_index
 from ..modes import get_mode
 from .libraries import ensure_library, library_path
 from .presets import SYNTHETIC
-from .timing import copy_bandwidth_cpu, copy_bandwidth_cuda
+from .timing import copy_bandwidth_cpu, copy_bandwidth_cuda, pool
 
 DEFAULT_MODES = ("q0f16", "q4f16_g128asym", "q3f16_g128asym", "q2f16_g128asym", "q4f16_1", "q3f16_1")
 # HF transformers generate() as is, and with torch's int4 weight-only matmul in its linears.
@@ -194,6 +195,7 @@ def run_bench(
     gen_len: int = 256,
     runs: int = 3,
     warmup: int = 1,
+    rounds: int = 1,
     baselines: tuple[str, ...] = BASELINES,
     libs_dir: Path | None = None,
     seed: int = 0,
@@ -220,35 +222,47 @@ def run_bench(
     common = {"device": device, "prompt_ids": prompt_ids, "gen_len": gen_len, "runs": runs, "warmup": warmup}
 
     bandwidth = copy_bandwidth_cuda() if device == "cuda" else copy_bandwidth_cpu()
-    rows = []
+    built = {}
     for mode in src.modes:
         wdir = src.weight_dir(mode, work, seed)
-        lib = ensure_library(wdir, library_path(libs, mode, target), target=target, arch=arch, log=log,
-                             **_sizes(prompt_len, gen_len))
-        log(f"Measuring {mode} ...")
-        r = _worker({**common, "kind": "library", "weight_dir": str(wdir), "model_lib": str(lib)})
+        built[mode] = wdir, ensure_library(wdir, library_path(libs, mode, target), target=target, arch=arch,
+                                           log=log, **_sizes(prompt_len, gen_len))
+    if src.config is None and baselines:
+        log("Baselines skipped: an exported weight directory has no HF checkpoint to compare")
+        baselines = ()
+    # Every row once a round, so the minutes-long drift of a shared machine falls on all alike.
+    measured: dict[str, list[dict]] = {name: [] for name in (*built, *baselines)}
+    for i in range(rounds):
+        tag = f" (round {i + 1} of {rounds})" if rounds > 1 else ""
+        for mode, (wdir, lib) in built.items():
+            log(f"Measuring {mode}{tag} ...")
+            r = _worker({**common, "kind": "library", "weight_dir": str(wdir), "model_lib": str(lib)})
+            measured[mode].append(r)
+            log(f"  {mode}: prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
+        for baseline in baselines:
+            log(f"Measuring the {baseline} baseline{tag} ...")
+            spec = {**common, "kind": "hf", "int4": baseline == "torch-int4"}
+            spec |= {"hf_config": src.config} if src.synthetic is not None else {"hf_dir": str(src.path)}
+            measured[baseline].append(_worker(spec))
+
+    rows = []
+    for mode, (wdir, _) in built.items():
+        r = pool(measured[mode])
         wm, read_per_token = weight_bytes(wdir)
         floor_s = read_per_token / bandwidth
         rows.append({"mode": mode, "bits": bits_label(mode), "wm_bytes": wm, "bytes_per_token": read_per_token,
                      "roofline_pct": 100.0 * floor_s * r["decode_tok_s"], **r})
-        log(f"  {mode}: prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s")
     for baseline in baselines:
-        log(f"Measuring the {baseline} baseline ...")
-        if src.config is None:
-            log("  (skipped: an exported weight directory has no HF checkpoint to compare)")
-            continue
-        spec = {**common, "kind": "hf", "int4": baseline == "torch-int4"}
-        spec |= {"hf_config": src.config} if src.synthetic is not None else {"hf_dir": str(src.path)}
-        r = _worker(spec)
+        r = pool(measured[baseline])
         label = f"HF transformers ({r['dtype']})"
         bits = "FP16" if device == "cuda" else "FP32"
-        if spec["int4"]:
+        if baseline == "torch-int4":
             label = f"HF + torch int4 weight-only (g{'/'.join(map(str, r['int4_groups']))})"
             bits = "W4 (tinygemm)"
         rows.append({"mode": label, "bits": bits, "bytes_per_token": r["wm_bytes"],
                      "roofline_pct": 100.0 * r["wm_bytes"] / bandwidth * r["decode_tok_s"], **r})
     return {
         "model": src.name, "target": target, "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
-        "warmup": warmup, "rm_method": rows[0]["rm_method"], "environment": environment(device, bandwidth),
-        "rows": rows,
+        "warmup": warmup, "rounds": rounds, "rm_method": rows[0]["rm_method"],
+        "environment": environment(device, bandwidth), "rows": rows,
     }

@@ -2,7 +2,8 @@
 
 Speed is defined as MLC-LLM defines it: prefill tok/s = prompt tokens / time to first token,
 decode tok/s = (generated tokens - 1) / (finish - first token). Each figure is the median of
-several runs after warm-up runs that are not counted.
+several runs after warm-up runs that are not counted, pooled over rounds when the benchmark
+visits every row more than once (``pool``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def summarize(runs: list[Run]) -> dict:
             for r in runs
         ],
     }
+
+
+def pool(results: list[dict]) -> dict:
+    """One row from the worker results of several rounds: their runs pooled into one median,
+    the highest running memory of any round."""
+    if len(results) == 1:
+        return results[0]
+    runs = [Run(r["prompt_len"], 0.0, r["prefill_s"], r["prefill_s"] + r["decode_s"], r["generated"])
+            for result in results for r in result["raw"]]
+    out = {**results[0], **summarize(runs)}
+    if "rm_bytes" in out:
+        out["rm_bytes"] = max(result["rm_bytes"] for result in results)
+    return out
 
 
 def reset_peak_rss() -> None:

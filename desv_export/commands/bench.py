@@ -20,6 +20,10 @@ from ..bench.run import BASELINES, DEFAULT_MODES
 @click.option("--gen-len", default=256, show_default=True, type=click.IntRange(2))
 @click.option("--runs", default=3, show_default=True, type=click.IntRange(1), help="Measured runs (median).")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0))
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1),
+              help="Measure every row this many times in turn (each time --warmup then --runs) and "
+                   "pool the runs: on a shared machine whose speed drifts over minutes, the drift "
+                   "then falls on every row alike.")
 @click.option("--baselines", default=",".join(BASELINES), show_default=True,
               help="Comma-separated baseline rows: hf (transformers generate), torch-int4 (the same "
                    "with torch's int4 weight-only matmul); empty for none.")
@@ -31,8 +35,8 @@ from ..bench.run import BASELINES, DEFAULT_MODES
 @click.option("--compile-only", is_flag=True,
               help="Compile (or reuse) every mode's library into --libs and stop: nothing is measured, "
                    "and synthetic weights are not written (compiling reads only their shapes).")
-def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, baselines, out_dir, libs_dir,
-          compile_only) -> None:
+def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warmup, rounds, baselines, out_dir,
+          libs_dir, compile_only) -> None:
     """Weight memory, running memory, prefill and decode tok/s per mode, beside the baselines.
 
     MODEL is an HF directory (exported in each mode), or an exported weight directory (its one
@@ -53,7 +57,7 @@ def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warm
             click.echo(lib)
         return
     result = run_bench(
-        **common, runs=runs, warmup=warmup, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+        **common, runs=runs, warmup=warmup, rounds=rounds, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
     )
     stem = f"deploy_{(synthetic or Path(model).name)}_{result['target']}"
     paths = report.write(result, out_dir, stem)

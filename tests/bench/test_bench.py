@@ -22,7 +22,7 @@ def report(tmp_path_factory):
     result = CliRunner().invoke(
         main,
         ["bench", "--synthetic", "tiny", "--modes", ",".join(MODES), "--target", "llvm",
-         "--prompt-len", "16", "--gen-len", "24", "--runs", "2", "-o", str(out)],
+         "--prompt-len", "16", "--gen-len", "24", "--runs", "1", "--rounds", "2", "-o", str(out)],
     )
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "deploy_tiny_llvm.json").read_text()), result.output
@@ -32,6 +32,7 @@ def test_report_files_and_table(report):
     out, data, stdout = report
     md = (out / "deploy_tiny_llvm.md").read_text()
     assert "| Mode | Bits | WM | RM | prefill tok/s | decode tok/s | % roofline |" in md
+    assert "median of 2 runs (2 rounds over every row in turn, each 1 run after 1 warm-up)" in md
     assert (out / "deploy_tiny_llvm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["mode"] for r in data["rows"][: len(MODES)]] == list(MODES)
     assert data["rows"][-2]["mode"].startswith("HF transformers (float32)")
@@ -42,6 +43,24 @@ def test_report_files_and_table(report):
         assert f"| {row['mode']} |" in md
 
 
+def test_rounds_visit_every_row_in_turn(report):
+    _, data, output = report
+    order = [line.strip() for line in output.splitlines() if line.startswith("Measuring ")]
+    names = [r["mode"] for r in data["rows"][: len(MODES)]] + ["the hf baseline", "the torch-int4 baseline"]
+    assert order == [f"Measuring {n} (round {i} of 2) ..." for i in (1, 2) for n in names]
+
+
+def test_pool_takes_every_round_s_runs():
+    from desv_export.bench.timing import pool
+
+    rounds = [{"raw": [{"prefill_s": p, "decode_s": d, "generated": 11, "prompt_len": 8}],
+               "rm_bytes": rm, "rm_method": "m"} for p, d, rm in ((0.5, 1.0, 7), (0.25, 2.0, 9), (1.0, 0.5, 8))]
+    row = pool(rounds)
+    assert len(row["raw"]) == 3 and row["rm_bytes"] == 9 and row["rm_method"] == "m"
+    assert row["decode_tok_s"] == pytest.approx(10 / 1.0) and row["prefill_tok_s"] == pytest.approx(8 / 0.5)
+    assert pool(rounds[:1]) is rounds[0]
+
+
 def test_numbers_are_consistent(report):
     out, data, _ = report
     for row in data["rows"][: len(MODES)]:
@@ -49,7 +68,7 @@ def test_numbers_are_consistent(report):
         assert row["wm_bytes"] == sum(r["nbytes"] for s in index["records"] for r in s["records"])
     for row in data["rows"]:
         raw = row["raw"]
-        assert len(raw) == data["runs"] == 2
+        assert len(raw) == data["runs"] * data["rounds"] == 2  # pooled over the rounds
         assert all(r["generated"] == data["gen_len"] and r["prompt_len"] == data["prompt_len"] for r in raw)
         assert row["decode_tok_s"] == pytest.approx(statistics.median((r["generated"] - 1) / r["decode_s"] for r in raw))
         assert row["prefill_tok_s"] == pytest.approx(statistics.median(r["prompt_len"] / r["prefill_s"] for r in raw))
