@@ -47,8 +47,8 @@ def markdown(result: dict) -> str:
         "WM: bytes of the weight directory's parameters (sum of tensor-cache nbytes). "
         "prefill tok/s = prompt tokens / time to first token; decode tok/s = (generated - 1) / "
         "(finish - first token), as MLC-LLM reports them. % roofline: the decode time-per-token "
-        "floor (weight bytes read per token / measured copy bandwidth "
-        f"{env.get('copy_bandwidth_gbs', 0):.1f} GB/s) over the measured time per token.",
+        f"floor (weight bytes read per token / measured bandwidth {env['bandwidth_gbs']:.1f} GB/s, "
+        f"{env['bandwidth_method']}) over the measured time per token.",
         "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
         "",

@@ -27,7 +27,7 @@ from ..mlc.tensor_cache import read_index
 from ..modes import get_mode
 from .libraries import ensure_library, library_path
 from .presets import SYNTHETIC
-from .timing import copy_bandwidth_cpu, copy_bandwidth_cuda, pool
+from .timing import copy_bandwidth_cuda, pool, read_bandwidth_cpu
 
 DEFAULT_MODES = ("q0f16", "q4f16_g128asym", "q3f16_g128asym", "q2f16_g128asym", "q4f16_1", "q3f16_1")
 # HF transformers generate() as is, and with torch's int4 weight-only matmul in its linears.
@@ -63,13 +63,22 @@ def _worker(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# What the roofline's bandwidth is: on a GPU MLC's and the device-to-device copy; on a
+# CPU a read-only sum, since a memcpy's write stream makes it slower than a weight read.
+BANDWIDTH_METHODS = {
+    "cuda": "device-to-device copy, read + write bytes counted (torch, CUDA events)",
+    "cpu": "read-only sum over 512 MiB on every torch thread (timing.read_bandwidth_cpu)",
+}
+
+
 def environment(device: str, bandwidth: float) -> dict:
     import torch
     import tvm
 
     env = {"device": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "tvm": tvm.__version__, "torch": torch.__version__, "python": platform.python_version(),
-           "copy_bandwidth_gbs": bandwidth / 1e9}
+           "bandwidth_gbs": bandwidth / 1e9,
+           "bandwidth_method": BANDWIDTH_METHODS[device]}
     if device == "cuda":
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                            capture_output=True, text=True, check=True).stdout.strip()
@@ -221,7 +230,7 @@ def run_bench(
     prompt_ids = [int(x) for x in rng.integers(3, src.vocab_size, prompt_len)]
     common = {"device": device, "prompt_ids": prompt_ids, "gen_len": gen_len, "runs": runs, "warmup": warmup}
 
-    bandwidth = copy_bandwidth_cuda() if device == "cuda" else copy_bandwidth_cpu()
+    bandwidth = copy_bandwidth_cuda() if device == "cuda" else read_bandwidth_cpu()
     built = {}
     for mode in src.modes:
         wdir = src.weight_dir(mode, work, seed)
