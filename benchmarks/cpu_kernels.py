@@ -6,8 +6,8 @@ For SmolLM2-135M's linears at one token (qkv 960x576, o 576x576, gate_up 3072x57
 in the same process, the two interleaved call by call, because the machines this runs on are
 shared and noisy. Weights are rotated over enough copies to exceed the last-level cache, as in
 a decode step, where every layer's weights come from memory. Reports min and median per call,
-GB/s of weights as stored (codes, scales, zeros; float16 for q0f16) at the median and the speedup of the medians;
-writes ``benchmarks/results/cpu_kernels_<cpu>.{md,json}``.
+GB/s of the weights as stored (codes, scales, zeros; float16 for q0f16) at the median and the
+speedup of the medians; writes ``benchmarks/results/cpu_kernels_<cpu>.{md,json}``.
 
     TVM_NUM_THREADS=2 python benchmarks/cpu_kernels.py [--quick] [--baseline old_gemv.py]
 """

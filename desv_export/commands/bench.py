@@ -57,7 +57,8 @@ def bench(model, synthetic, modes, target, arch, prompt_len, gen_len, runs, warm
             click.echo(lib)
         return
     result = run_bench(
-        **common, runs=runs, warmup=warmup, rounds=rounds, baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
+        **common, runs=runs, warmup=warmup, rounds=rounds,
+        baselines=tuple(b.strip() for b in baselines.split(",") if b.strip()),
     )
     stem = f"deploy_{(synthetic or Path(model).name)}_{result['target']}"
     paths = report.write(result, out_dir, stem)
