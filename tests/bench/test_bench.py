@@ -50,7 +50,7 @@ def test_rounds_visit_every_row_in_turn(report):
     assert order == [f"Measuring {n} (round {i} of 2) ..." for i in (1, 2) for n in names]
 
 
-def test_pool_takes_every_round_s_runs():
+def test_pool_merges_the_runs_of_every_round():
     from desv_export.bench.timing import pool
 
     rounds = [{"raw": [{"prefill_s": p, "decode_s": d, "generated": 11, "prompt_len": 8}],

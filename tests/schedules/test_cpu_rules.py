@@ -94,8 +94,8 @@ def _check_exact(mode, case, target):
 @pytest.mark.parametrize("case", CASES[:3], ids=[c[0] for c in CASES[:3]])
 def test_cpu_gemv_of_a_float16_weight_is_exact(case, target):
     """The streamed row-after-row form (q0f16, and the float16 tied lm_head of the asymmetric
-    modes): K of two 16-lane chains (640), of one (1000) and with a tail (600), a partial last
-    task (203 rows), the residual epilogue. Weights are multiples of 1/8 below 2, x is
+    modes): K of two 16-lane chains (640), of one with a tail (600, 1000), a partial last task
+    (203 rows), the residual epilogue. Weights are multiples of 1/8 below 2, x is
     +-1 on at most 40 columns: every partial sum is exact, so the result must be too."""
     _, _, _, _, n, k, epilogue, _ = case
     name, mod = first_rule(cpu_rules(), float16_matmul(n, k, epilogue), target)
