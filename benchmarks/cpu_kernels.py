@@ -36,7 +36,6 @@ import tvm  # noqa: E402
 from desv_export.compile import host_cpu_target  # noqa: E402
 from desv_export.modes import MODES  # noqa: E402
 from tvm_schedules.cpu import CPUVectorGEMV  # noqa: E402
-from tvm_schedules.cpu.workloads import float16_matmul  # noqa: E402
 from tvm_schedules.workloads import dequant_matmul, llama_shapes, random_quantized  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,10 +72,7 @@ def load_rule(path: Path):
 
 
 def build(rule, mode: str, n: int, k: int, target):
-    if MODES[mode].quantized:
-        func = dequant_matmul(mode, n, k, x_dtype="float32", out_dtype="float32")
-    else:
-        func = float16_matmul(n, k)
+    func = dequant_matmul(mode, n, k, x_dtype="float32", out_dtype="float32")
     sch = rule.apply(func, target, False)
     return tvm.compile(sch.mod, target=target)
 

@@ -11,7 +11,9 @@ the structure MLC-LLM reaches only after its FuseDequantize* passes:
 Decode has x [1, 1, K]; batched decode x [b, 1, K]; prefill x [1, s, K]; ``b`` / ``s`` may be
 symbolic (``tirx.Var``) as in the compiled model, or static as in tests and benchmarks. MLC's
 float16-accumulating ``NT_matmul`` is available too (``accum_dtype="float16"``). The embedding
-is ``dequantize`` + ``take`` gathering rows of the packed table. Building the same structure
+is ``dequantize`` + ``take`` gathering rows of the packed table. ``q0f16`` gives the float16
+weight, cast to float32 in a ``dequantize`` block for the llvm build's float32 x, as the model
+emits it. Building the same structure
 here lets tests and benchmarks exercise the rules without compiling a whole model.
 """
 
@@ -57,7 +59,10 @@ LLAMA_13B = llama_shapes(5120, 13824, 32000, 40, 40)
 
 
 def weight_placeholders(mode: QuantMode, n: int, k: int) -> list[te.Tensor]:
-    """q_weight, q_scale (, q_zero) placeholders with the shapes of modes.QuantMode.shapes."""
+    """q_weight, q_scale (, q_zero) placeholders with the shapes of modes.QuantMode.shapes;
+    q0f16's float16 ``weight``."""
+    if not mode.quantized:
+        return [te.placeholder((n, k), "float16", name="weight")]
     shapes = mode.shapes(n, k)
     out = [
         te.placeholder(shapes["q_weight"], "uint32", name="q_weight"),
@@ -85,9 +90,14 @@ def dequant_matmul(mode: QuantMode | str, n: int, k: int, batch: Dim = 1, seq: D
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
     params = weight_placeholders(mode, n, k)
-    q_zero = params[2] if len(params) == 3 else None
     x = te.placeholder((batch, seq, k), x_dtype, name="x")
-    w = dequantize_weight(mode, params[0], params[1], q_zero, k, x_dtype)
+    if mode.quantized:
+        q_zero = params[2] if len(params) == 3 else None
+        w = dequantize_weight(mode, params[0], params[1], q_zero, k, x_dtype)
+    elif x_dtype != "float16":  # q0f16 as quantized.py emits it: the cast a block of its own
+        w = te.compute((n, k), lambda i, j: params[0][i, j].astype(x_dtype), name="dequantize")
+    else:
+        w = params[0]
     r = te.reduce_axis((0, k), name="k")
     if accum_dtype == "float16":
         out = te.compute((batch, seq, n), lambda b, s, j: te.sum(x[b, s, r] * w[j, r], axis=r),

@@ -23,7 +23,6 @@ from tests.schedules.conftest import exact_case, first_rule, packed_params
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
 from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
 from tvm_schedules.cpu.match import match_matmul
-from tvm_schedules.cpu.workloads import float16_matmul
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
 QUANT_MODES = [m for m in MODES if MODES[m].quantized]
@@ -98,7 +97,8 @@ def test_cpu_gemv_of_a_float16_weight_is_exact(case, target):
     (203 rows), the residual epilogue. Weights are multiples of 1/8 below 2, x is
     +-1 on at most 40 columns: every partial sum is exact, so the result must be too."""
     _, _, _, _, n, k, epilogue, _ = case
-    name, mod = first_rule(cpu_rules(), float16_matmul(n, k, epilogue), target)
+    func = dequant_matmul("q0f16", n, k, epilogue=epilogue, x_dtype="float32", out_dtype="float32")
+    name, mod = first_rule(cpu_rules(), func, target)
     assert name == "CPUVectorGEMV"
     rng = np.random.default_rng(3)
     w = (rng.integers(-15, 16, (n, k)) / 8).astype(np.float16)
