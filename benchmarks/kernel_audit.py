@@ -48,7 +48,9 @@ def audit(arch: str, models, modes, batches, log=print) -> list[dict]:
             rows.append({"id": spec.id, "model": model, "linear": spec.linear, "mode": mode,
                          "batch_class": spec.batch_class, "schedule": spec.schedule,
                          "rule": spec.rule, **asdict(res),
-                         "instructions_per_fma": res.instructions_per_fma,
+                         "instructions_per_fma": (res.instructions_per_mma_code
+                                                  if spec.schedule == "ours-tc"
+                                                  else res.instructions_per_fma),
                          "blocks_per_sm": res.blocks_per_sm(arch)})
         log(f"{model} {mode}: {len(specs)} kernels in {time.time() - t0:.1f}s")
         t0 = time.time()
@@ -75,11 +77,12 @@ def markdown(rows: list[dict], arch: str) -> str:
         "",
     ]
     local = [r for r in rows if r["stack_bytes"] or r["spill_bytes"]]
-    ours = [r for r in rows if r["schedule"] == "ours"]
+    count = {s: sum(1 for r in rows if r["schedule"] == s) for s in ("ours", "ours-tc", "dlight")}
+    with_local = {s: sum(1 for r in local if r["schedule"] == s) for s in count}
     lines += [
-        f"- {len(rows)} kernels; ours with local memory: "
-        f"{sum(1 for r in local if r['schedule'] == 'ours')} of {len(ours)}; "
-        f"dlight's: {sum(1 for r in local if r['schedule'] == 'dlight')} of {len(rows) - len(ours)}.",
+        f"- {len(rows)} kernels; ours with local memory: {with_local['ours']} of {count['ours']}; "
+        f"the tensor-core GEMV's (`ours-tc`, experimental): {with_local['ours-tc']} of "
+        f"{count['ours-tc']}; dlight's: {with_local['dlight']} of {count['dlight']}.",
         f"- int -> float16 conversions: {sum(r['int_to_half'] for r in rows)} in all kernels.",
         "- SASS (loop instr / FMA): " + ("read with cuobjdump." if cuobjdump() else
                                          "not read (no cuobjdump; `pip install -e '.[audit]'`), shown as 0."),
@@ -106,26 +109,28 @@ def summary(rows: list[dict]) -> list[str]:
         "## Per mode (worst projection)",
         "",
         "Loop instr / FMA: SASS instructions of the main loop per float32 FMA, i.e. per weight",
-        "code and batch row; a decode GEMV issuing more per code than the GPU can issue while",
+        "code and batch row (for `ours-tc`, which has no FMA: per code, 8 a lane per HMMA);",
+        "a decode GEMV issuing more per code than the GPU can issue while",
         "its weights stream in is bound by instructions, not bandwidth (see docs/schedules.md).",
         "Warps / SM: resident warps by the occupancy rules (registers, shared memory), fewest",
         "over the projections; a memory-bound kernel needs enough of them with loads in flight",
         "to cover the memory latency.",
         "",
-        "| mode | batch | ours: loop instr / FMA | dlight: loop instr / FMA | ours: warps / SM | dlight: warps / SM | ours: max local B | ours: widest load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | batch | ours: loop instr / FMA | dlight: loop instr / FMA | ours: warps / SM | dlight: warps / SM | ours: max local B | ours: widest load | ours-tc: loop instr / code | ours-tc: warps / SM |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["mode"], r["batch_class"]) for r in rows})
     for mode, bc in keys:
         group = {sched: [r for r in rows if (r["mode"], r["batch_class"], r["schedule"]) == (mode, bc, sched)]
-                 for sched in ("ours", "dlight")}
+                 for sched in ("ours", "dlight", "ours-tc")}
         worst = {k: max((r["instructions_per_fma"] for r in v), default=0.0) for k, v in group.items()}
         local = max((r["stack_bytes"] + r["spill_bytes"] for r in group["ours"]), default=0)
         widest = min((max(map(int, r["global_loads"]), default=0) for r in group["ours"]), default=0)
         warps = {k: min((r["blocks_per_sm"] * r["threads_per_block"] // 32 for r in v), default=0)
                  for k, v in group.items()}
         lines.append(f"| {mode} | {bc} | {worst['ours']:.2f} | {worst['dlight']:.2f} | {warps['ours']} "
-                     f"| {warps['dlight']} | {local} | {widest} bits |")
+                     f"| {warps['dlight']} | {local} | {widest} bits | "
+                     + (f"{worst['ours-tc']:.2f} | {warps['ours-tc']} |" if group["ours-tc"] else "- | - |"))
     return lines
 
 

@@ -58,7 +58,9 @@ MODELS = {
 }
 # batch class -> (batch, seq): decode rows are the batch axis, prefill tokens the seq axis.
 BATCHES = {"b1": (1, 1), "b4": (4, 1), "b16": (16, 1), "prefill512": (1, 512)}
-SCHEDULES = ("ours", "dlight")
+# "ours-tc": tvm_schedules.mma_gemv.TensorCoreGEMV, the experimental tensor-core decode GEMV
+# (not in cuda_rules() yet), timed beside DecodeGEMV where it applies (b1, 2- and 4-bit).
+SCHEDULES = ("ours", "dlight", "ours-tc")
 QUANT_MODES = [name for name, m in MODES.items() if m.quantized]
 
 
@@ -111,6 +113,12 @@ class KernelSpec:
         return self.weight_bytes() + 2 * self.rows * (self.k + self.n)
 
 
+def _tensor_core_gemv_takes(mode: str, batch_class: str) -> bool:
+    """The modes and batch class ``TensorCoreGEMV`` is written for (one row; 2- and 4-bit
+    words, whose groups hold whole words); on LLaMA's shapes it takes all of them."""
+    return batch_class == "b1" and get_mode(mode).bits in (2, 4)
+
+
 def kernel_table(models, modes, batches, schedules=SCHEDULES) -> list[KernelSpec]:
     specs = []
     for model in models:
@@ -119,6 +127,8 @@ def kernel_table(models, modes, batches, schedules=SCHEDULES) -> list[KernelSpec
                 for bc in batches:
                     batch, seq = BATCHES[bc]
                     for schedule in schedules:
+                        if schedule == "ours-tc" and not _tensor_core_gemv_takes(mode, bc):
+                            continue
                         kid = f"{model}.{linear}.{mode}.{bc}.{schedule}"
                         specs.append(KernelSpec(kid, model, linear, n, k, mode, bc, batch, seq,
                                                 schedule))
@@ -150,6 +160,10 @@ def schedule_kernel(spec: KernelSpec, target):
     rules = []
     if spec.schedule == "ours":
         rules = cuda_rules() + _dlight_rules()
+    elif spec.schedule == "ours-tc":
+        from tvm_schedules.mma_gemv import TensorCoreGEMV
+
+        rules = [TensorCoreGEMV()]  # no fallback: a decline is an error in the table
     else:
         from tvm.s_tir import dlight as dl
 
@@ -413,13 +427,21 @@ def attach_audit(rows: list[dict], arch: str, results_dir: Path = RESULTS) -> li
 
 
 def add_speedups(rows: list[dict]) -> list[dict]:
-    """speedup = dlight time / our time for the same (model, linear, mode, batch)."""
-    dl = {(r["model"], r["linear"], r["mode"], r["batch"]): r["us"]
-          for r in rows if r["schedule"] == "dlight"}
+    """speedup = dlight time / our time for the same (model, linear, mode, batch); the
+    tensor-core GEMV's rows also get ``speedup_vs_ours`` (over ``DecodeGEMV``)."""
+    def times(schedule: str) -> dict:
+        return {(r["model"], r["linear"], r["mode"], r["batch"]): r["us"]
+                for r in rows if r["schedule"] == schedule}
+
+    dl, ours = times("dlight"), times("ours")
     for r in rows:
-        if r["schedule"] == "ours":
-            base = dl.get((r["model"], r["linear"], r["mode"], r["batch"]))
+        key = (r["model"], r["linear"], r["mode"], r["batch"])
+        if r["schedule"] in ("ours", "ours-tc"):
+            base = dl.get(key)
             r["speedup_vs_dlight"] = round(base / r["us"], 2) if base else None
+        if r["schedule"] == "ours-tc":
+            base = ours.get(key)
+            r["speedup_vs_ours"] = round(base / r["us"], 2) if base else None
     return rows
 
 
@@ -500,19 +522,25 @@ def markdown(result: dict) -> str:
     for model, bc in keys:
         lines += [f"## {model}, {bc}", "",
                   "| mode | linear | ours us | ours GB/s | ours % copy | dlight us | "
-                  "dlight % copy | speedup | static instr / code, ours : dlight | warps / SM, ours : dlight |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "dlight % copy | speedup | static instr / code, ours : dlight | warps / SM, ours : dlight "
+                  "| tensor-core GEMV us (% copy, x ours) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         sel = [r for r in rows if r["model"] == model and r["batch"] == bc]
         dl = {(r["mode"], r["linear"]): r for r in sel if r["schedule"] == "dlight"}
+        tc = {(r["mode"], r["linear"]): r for r in sel if r["schedule"] == "ours-tc"}
         for r in sel:
             if r["schedule"] != "ours":
                 continue
             d = dl.get((r["mode"], r["linear"]), {})
+            t = tc.get((r["mode"], r["linear"]))
+            tc_cell = (f"{t['us']:.2f} ({t['pct_copy']:.1f} %, {t.get('speedup_vs_ours') or '-'}x)"
+                       if t else "-")
             lines.append(
                 f"| {r['mode']} | {r['linear']} | {r['us']:.2f} | {r['gbs']:.0f} | "
                 f"{r['pct_copy']:.1f} | {d.get('us', float('nan')):.2f} | "
                 f"{d.get('pct_copy', float('nan')):.1f} | {r.get('speedup_vs_dlight') or '-'} | "
-                f"{_pair(r, d, 'static_instr_per_code')} | {_pair(r, d, 'static_warps_per_sm')} |")
+                f"{_pair(r, d, 'static_instr_per_code')} | {_pair(r, d, 'static_warps_per_sm')} | "
+                f"{tc_cell} |")
         lines.append("")
     peers = result.get("peers") or []
     if peers:

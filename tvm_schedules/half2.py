@@ -148,12 +148,18 @@ def _zero_magic(zero: tirx.Buffer, n, word, shift, bits: int) -> tirx.PrimExpr:
     return tirx.reinterpret("float16", (code | u32(_MAGIC)).astype("uint16"))
 
 
-def _replace(stmt: tirx.Stmt, target: tirx.Stmt, new: tirx.Stmt) -> tirx.Stmt | None:
-    """``stmt`` with ``target`` replaced by ``new``; None if ``target`` is not below it through
-    the statement kinds a scheduled GEMV is made of (the 0.27 wheel exposes no TIR mutator to
-    Python)."""
-    if stmt.same_as(target):
+def _replace(stmt: tirx.Stmt, target, new: tirx.Stmt) -> tirx.Stmt | None:
+    """``stmt`` with ``target`` (a statement, or a predicate on statements: the first match)
+    replaced by ``new``; None if ``target`` is not below it through the statement kinds a
+    scheduled GEMV is made of (the 0.27 wheel exposes no TIR mutator to Python)."""
+    if target(stmt) if callable(target) else stmt.same_as(target):
         return new
+    if isinstance(stmt, tirx.IfThenElse):
+        then = _replace(stmt.then_case, target, new)
+        if then is not None:
+            return tirx.IfThenElse(stmt.condition, then, stmt.else_case)
+        other = None if stmt.else_case is None else _replace(stmt.else_case, target, new)
+        return None if other is None else tirx.IfThenElse(stmt.condition, stmt.then_case, other)
     if isinstance(stmt, tirx.For):
         body = _replace(stmt.body, target, new)
         return None if body is None else tirx.For(

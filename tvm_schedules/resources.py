@@ -68,6 +68,14 @@ class KernelResources:
         return self.loop_instructions / fma if fma else 0.0
 
     @property
+    def instructions_per_mma_code(self) -> float:
+        """The same figure for ``TensorCoreGEMV``, which has no FMA: each ``HMMA`` (m16n8k16,
+        x in B) multiplies and sums 16 rows x 16 codes for the warp, 8 codes a lane. 0
+        without the SASS."""
+        hmma = self.loop_mix.get("HMMA", 0)
+        return self.loop_instructions / (8 * hmma) if hmma else 0.0
+
+    @property
     def uses_local_memory(self) -> bool:
         return self.stack_bytes > 0 or self.spill_bytes > 0
 

@@ -31,8 +31,11 @@ def test_shape_table_is_llama(kernels):
         5120, 13824)
     table = kernels.kernel_table(["llama-7b", "llama-13b"], kernels.QUANT_MODES,
                                  list(kernels.BATCHES))
-    assert len(table) == 2 * 5 * 11 * 4 * 2
+    # ours and dlight for every kernel; the tensor-core GEMV for b1 at 2 and 4 bits (7 modes)
+    assert len(table) == 2 * 5 * 11 * 4 * 2 + 2 * 5 * 7
     assert len({k.id for k in table}) == len(table)
+    tc = [k for k in table if k.schedule == "ours-tc"]
+    assert {k.batch_class for k in tc} == {"b1"} and "q3f16_1" not in {k.mode for k in tc}
 
 
 def test_moved_bytes_count_packed_weights(kernels):
@@ -52,6 +55,8 @@ def test_schedules_match_the_pipelines(kernels, sm90):
         kernels.schedule_kernel(spec, sm90)
         owners[(spec.batch_class, spec.schedule)] = spec.rule
     assert owners[("b1", "ours")] == "ours.DecodeGEMV"
+    assert owners[("b1", "ours-tc")] == "ours.TensorCoreGEMV"
+    assert ("b4", "ours-tc") not in owners
     assert owners[("b4", "ours")] == "ours.LowBatchGEMV"
     assert owners[("b16", "ours")] == "ours.DequantGEMM"
     assert owners[("prefill512", "ours")] == "ours.LowBatchDispatch"  # as the model's prefill
@@ -64,7 +69,10 @@ def test_build_writes_libraries_binaries_and_manifest(kernels, tmp_path):
     out = tmp_path / "k"
     kernels.build(out, "sm_80", ["tiny"], ["q4f16_1"], ["b1"], log=lambda *_: None)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["kernels"]) == 10 and manifest["arch"] == "sm_80"
+    # 5 linears x (ours, dlight, the tensor-core GEMV)
+    assert len(manifest["kernels"]) == 15 and manifest["arch"] == "sm_80"
+    assert {k["rule"] for k in manifest["kernels"] if k["schedule"] == "ours-tc"} == {
+        "ours.TensorCoreGEMV"}
     first = manifest["kernels"][0]
     assert (out / first["lib"]).stat().st_size > 0 and first["symbol"].startswith("k")
     assert first["arg_shapes"][0] == [[1, 1, 256], "float16"]
@@ -122,3 +130,17 @@ def test_audit_reads_the_kernel_the_rows_run():
     assert audit.timed_kernel(resources, "k1") == "gemm"
     assert audit.timed_kernel(resources, "k10") == "only"
     assert audit.timed_kernel(resources, "k2") == "decode"
+
+
+def test_tensor_core_gemv_rows_compare_with_ours(kernels):
+    """The experimental kernel's time goes beside DecodeGEMV's, with its speedup over it."""
+    base = {"model": "llama-7b", "linear": "o_proj", "mode": "q2f16_g128asym", "batch": "b1",
+            "gbs": 900.0, "pct_copy": 45.0}
+    rows = [{**base, "id": s, "schedule": s, "us": us}
+            for s, us in (("ours", 6.0), ("dlight", 12.0), ("ours-tc", 4.0))]
+    rows = kernels.add_speedups(rows)
+    assert rows[2]["speedup_vs_ours"] == 1.5 and rows[2]["speedup_vs_dlight"] == 3.0
+    assert "speedup_vs_ours" not in rows[0]
+    md = kernels.markdown({"gpu": "g", "copy_gbs": 1.0, "arch": "sm_90", "timer": "t", "date": "d",
+                           "kernels": rows, "peers": []})
+    assert "| 4.00 (45.0 %, 1.5x) |" in md
