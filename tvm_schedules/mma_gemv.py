@@ -197,15 +197,22 @@ def _emulated_mma(a_all: tirx.Buffer, b_all: tirx.Buffer, acc: tirx.Buffer, lane
                     T.buffer_store(acc, acc[c_reg] + product, [c_reg])
 
 
-def _epilogue_realizes(sch: s_tir.Schedule, info: DequantMatmul, row) -> list | None:
+def _rowwise(sch: s_tir.Schedule, info: DequantMatmul) -> bool:
+    """Every epilogue block is indexed ``[0, ..., 0, n]`` (what the model emits)."""
+    for ep in info.epilogues:
+        *lead, last = sch.get(ep).iter_vars
+        if any(int(iv.dom.extent) != 1 for iv in lead) or int(last.dom.extent) != info.n:
+            return False
+    return True
+
+
+def _epilogue_realizes(sch: s_tir.Schedule, info: DequantMatmul, row) -> list:
     """The function's epilogue blocks (cast, residual add) realized at output row ``row``, in
-    order; None when an epilogue is not indexed ``[0, ..., 0, n]``."""
+    order (``_rowwise`` holds)."""
     out = []
     for ep in info.epilogues:
         block = sch.get(ep)
         *lead, last = block.iter_vars
-        if any(int(iv.dom.extent) != 1 for iv in lead) or int(last.dom.extent) != info.n:
-            return None
         values = [tirx.const(0, iv.var.ty.dtype) for iv in lead] + [row.astype(last.var.ty.dtype)]
         out.append(s_tir.stmt.SBlockRealize(values, True, block))
     return out
@@ -218,7 +225,8 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
     x, mm_block = info.x_buffer, sch.get(info.block)
     mm = mm_block.writes[0].source
     if (x.dtype != "float16" or mm.dtype != "float32"
-            or any(int(d) != 1 for d in (*x.ty.shape[:-1], *mm.ty.shape[:-1]))):
+            or any(int(d) != 1 for d in (*x.ty.shape[:-1], *mm.ty.shape[:-1]))
+            or not _rowwise(sch, info)):
         return None
     # Intermediates (the float32 sum, the cast) live in the registers of the thread that
     # finishes a row; the last epilogue writes the function's output.
@@ -301,8 +309,6 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
                             row = row0 + tx
                             T.buffer_store(mm, total, [*([0] * (len(mm.ty.shape) - 1)), row])
                             realizes = _epilogue_realizes(sch, info, row)
-                            if realizes is None:
-                                return None
                             T.evaluate(_EPILOGUE_HERE)  # the IRBuilder cannot take a Stmt
     kernel = ib.get()
     epilogue = (tirx.SeqStmt(realizes) if len(realizes) > 1 else realizes[0] if realizes

@@ -123,10 +123,10 @@ def test_kernel_audit_reports_every_kernel(tmp_path):
     sys.modules["kernel_audit"] = audit
     spec.loader.exec_module(audit)
     rows = audit.audit("sm_90", ["tiny"], ["q4f16_g128asym"], ["b1"], log=lambda *_: None)
-    assert len(rows) == 10  # 5 projections, ours and dlight's
-    assert {r["schedule"] for r in rows} == {"ours", "dlight"}
+    assert len(rows) == 15  # 5 projections: ours, dlight's and the tensor-core GEMV
+    assert {r["schedule"] for r in rows} == {"ours", "dlight", "ours-tc"}
     assert all(r["registers"] > 0 and r["global_loads"] for r in rows)
     js, md = audit.write(rows, "sm_90", tmp_path)
     text = md.read_text()
-    assert "| q4f16_g128asym | b1 |" in text and text.count("| tiny |") == 10
+    assert "| q4f16_g128asym | b1 |" in text and text.count("| tiny |") == 15
     assert audit.main(["--modes", "q9f16_1"]) == 2
