@@ -116,7 +116,9 @@ class KernelSpec:
 def _tensor_core_gemv_takes(mode: str, batch_class: str) -> bool:
     """The modes and batch class ``TensorCoreGEMV`` is written for (one row; 2- and 4-bit
     words, whose groups hold whole words); on LLaMA's shapes it takes all of them."""
-    return batch_class == "b1" and get_mode(mode).bits in (2, 4)
+    from tvm_schedules.mma_gemv import BITS
+
+    return batch_class == "b1" and get_mode(mode).bits in BITS
 
 
 def kernel_table(models, modes, batches, schedules=SCHEDULES) -> list[KernelSpec]:

@@ -185,6 +185,25 @@ def root_blocks(sch: s_tir.Schedule) -> list:
         return []
 
 
+def seq_stmt(stmts: list[tirx.Stmt]) -> tirx.Stmt:
+    """``stmts`` as one statement (TIR forbids a ``SeqStmt`` of one; none is a no-op)."""
+    if not stmts:
+        return tirx.Evaluate(0)
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
+
+
+def with_root_body(func: tirx.PrimFunc, body: tirx.Stmt) -> tirx.PrimFunc:
+    """``func`` with its root block's body replaced by ``body`` (its buffers kept): how the
+    rules that write a kernel by hand put it in place of the matched loop nests."""
+    realize = func.body
+    root = realize.block
+    new_root = s_tir.stmt.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, body,
+                                 root.init, root.alloc_buffers, root.match_buffers,
+                                 root.annotations)
+    return func.with_body(s_tir.stmt.SBlockRealize(realize.iter_values, realize.predicate,
+                                                   new_root))
+
+
 def is_reduction(sch: s_tir.Schedule, block) -> bool:
     stmt = sch.get(block)
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars)

@@ -148,6 +148,17 @@ def _zero_magic(zero: tirx.Buffer, n, word, shift, bits: int) -> tirx.PrimExpr:
     return tirx.reinterpret("float16", (code | u32(_MAGIC)).astype("uint16"))
 
 
+@contextlib.contextmanager
+def only_if(condition: tirx.PrimExpr | None):
+    """The IRBuilder statements of the ``with`` body under ``if condition``; unconditional
+    where ``condition`` is None (a test the shape proved unnecessary)."""
+    if condition is None:
+        yield
+        return
+    with T.If(condition), T.Then():
+        yield
+
+
 def _replace(stmt: tirx.Stmt, target, new: tirx.Stmt) -> tirx.Stmt | None:
     """``stmt`` with ``target`` (a statement, or a predicate on statements: the first match)
     replaced by ``new``; None if ``target`` is not below it through the statement kinds a
@@ -307,10 +318,8 @@ def splice_half2_dot(sch: s_tir.Schedule, info: DequantMatmul, rf_block, buffers
         """The warp's rows for one step; ``tail``: the step K ends in, tested the cheapest
         exact way: once per lane where the lanes' chunks divide K, else once per word, and
         per code (on x) only in the word that K cuts."""
-        with contextlib.ExitStack() as lane:
-            if tail and k_total % lane_codes == 0:
-                lane.enter_context(T.If((ko.loop_var * WARP + tx.loop_var) * lane_codes < k_total))
-                lane.enter_context(T.Then())
+        lane_in_k = (ko.loop_var * WARP + tx.loop_var) * lane_codes < k_total
+        with only_if(lane_in_k if tail and k_total % lane_codes == 0 else None):
             for tn in range(tile_n):
                 n = (bx.loop_var * ty + tyl.loop_var) * tile_n + tn
                 straddle_cache.clear()

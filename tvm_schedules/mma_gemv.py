@@ -49,13 +49,15 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target
 
-from .analysis import DequantMatmul, DequantMatmulRule, read_buffer, sm_version
-from .half2 import _group_zero, _Pairs, _replace, straddles
+from .analysis import (DequantMatmul, DequantMatmulRule, read_buffer, seq_stmt, sm_version,
+                       with_root_body)
+from .half2 import _group_zero, _Pairs, _replace, only_if, straddles
 
 WARP = 32
 ROWS = 16  # m of m16n8k16: the weight rows of a block
 K_LANES = 4  # lanes t = l % 4 split a row's 16 k of one mma
 MMA_K = 16
+BITS = (2, 4)  # word widths whose groups hold whole words and whose pairs fill A directly
 
 
 def a_position(i, j):
@@ -111,7 +113,7 @@ class MmaPlan:
 
     @staticmethod
     def of(info: DequantMatmul, warps: int) -> MmaPlan | None:
-        if info.bits not in (2, 4) or straddles(info) or info.n % ROWS:
+        if info.bits not in BITS or straddles(info) or info.n % ROWS:
             return None
         for v in (4, 2, 1):
             if info.words % (K_LANES * v) == 0:
@@ -221,23 +223,21 @@ def _epilogue_realizes(sch: s_tir.Schedule, info: DequantMatmul, row) -> list:
 def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = False
                            ) -> s_tir.Schedule | None:
     """``info``'s function with its matmul (and epilogue loops) replaced by the kernel."""
-    sch = info.sch
-    x, mm_block = info.x_buffer, sch.get(info.block)
-    mm = mm_block.writes[0].source
-    if (x.dtype != "float16" or mm.dtype != "float32"
-            or any(int(d) != 1 for d in (*x.ty.shape[:-1], *mm.ty.shape[:-1]))
-            or not _rowwise(sch, info)):
-        return None
-    # Intermediates (the float32 sum, the cast) live in the registers of the thread that
-    # finishes a row; the last epilogue writes the function's output.
-    for block in [info.block, *info.epilogues][:len(info.epilogues)]:
-        sch.set_scope(block, 0, "local")
+    sch, x = info.sch, info.x_buffer
+    mm = sch.get(info.block).writes[0].source
     bufs = {"weight": info.weight_buffer, "scale": read_buffer(sch, info.block, "scale")}
     zero = read_buffer(sch, info.block, "zero")
     if zero is not None:
         bufs["zero"] = zero
-    if bufs["scale"] is None:
+    if (bufs["scale"] is None or x.dtype != "float16" or mm.dtype != "float32"
+            or any(int(d) != 1 for d in (*x.ty.shape[:-1], *mm.ty.shape[:-1]))
+            or not _rowwise(sch, info)):
         return None
+    # Intermediates (the float32 sum, the cast) live in the registers of the thread that
+    # finishes a row; the last epilogue writes the function's output. set_scope makes new
+    # buffers, so the sum's is read again.
+    for block in [info.block, *info.epilogues][:len(info.epilogues)]:
+        sch.set_scope(block, 0, "local")
     mm = sch.get(info.block).writes[0].source
     epw, half, k, w = plan.epw, plan.epw // 2, plan.k, plan.warps
     x_lead = [0] * (len(x.ty.shape) - 1)
@@ -265,10 +265,7 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
                     words = plan.words
                     with T.serial(0, -(-words // threads)) as it:
                         word = it * threads + ty * WARP + tx
-                        with contextlib.ExitStack() as guard:
-                            if words % threads:
-                                guard.enter_context(T.If(word < words))
-                                guard.enter_context(T.Then())
+                        with only_if(word < words if words % threads else None):
                             for j in range(half):
                                 for h in (0, 1):
                                     code = word * epw + j + h * half
@@ -285,10 +282,7 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
                         T.buffer_store(acc, tirx.const(0, "float32"), [i])
                     with T.serial(0, -(-plan.steps // w)) as ko:
                         step = ko * w + ty
-                        with contextlib.ExitStack() as guard:
-                            if plan.steps % w:
-                                guard.enter_context(T.If(step < plan.steps))
-                                guard.enter_context(T.Then())
+                        with only_if(step < plan.steps if plan.steps % w else None):
                             if emulate:
                                 _emulated_step(plan, bufs, row0, tx, step, xs, acc)
                             else:
@@ -310,11 +304,8 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
                             T.buffer_store(mm, total, [*([0] * (len(mm.ty.shape) - 1)), row])
                             realizes = _epilogue_realizes(sch, info, row)
                             T.evaluate(_EPILOGUE_HERE)  # the IRBuilder cannot take a Stmt
-    kernel = ib.get()
-    epilogue = (tirx.SeqStmt(realizes) if len(realizes) > 1 else realizes[0] if realizes
-                else tirx.Evaluate(0))
-    kernel = _replace(kernel, _is_epilogue_mark, epilogue)
-    return _swap_body(sch, kernel)
+    kernel = _replace(ib.get(), _is_epilogue_mark, seq_stmt(realizes))
+    return s_tir.Schedule(with_root_body(sch.mod["main"], kernel))
 
 
 _EPILOGUE_HERE = -7201  # a marker the kernel's epilogue blocks replace
@@ -346,18 +337,6 @@ def _emulated_step(plan: MmaPlan, bufs: dict, row0, tx, step, xs, acc) -> None:
 
 def _whole(buffer: tirx.Buffer) -> tirx.BufferRegion:
     return tirx.BufferRegion(buffer, [Range.from_min_extent(0, d) for d in buffer.ty.shape])
-
-
-def _swap_body(sch: s_tir.Schedule, kernel: tirx.Stmt) -> s_tir.Schedule:
-    """The function with its root block's loop nests (matmul, epilogues) replaced by ``kernel``."""
-    func = sch.mod["main"]
-    realize = func.body
-    root = realize.block
-    new_root = s_tir.stmt.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
-                                 kernel, root.init, root.alloc_buffers, root.match_buffers,
-                                 root.annotations)
-    return s_tir.Schedule(func.with_body(
-        s_tir.stmt.SBlockRealize(realize.iter_values, realize.predicate, new_root)))
 
 
 class TensorCoreGEMV(DequantMatmulRule):

@@ -43,7 +43,7 @@ def test_b_map_gives_each_lane_its_a_codes():
                for ln, r in [a_position(i, j)] if ln == lane and i < 8}
         b_k = {r: k for k in range(16) for n in range(8)
                for ln, r in [b_position(k, n)] if ln == lane}
-        assert {b_position(k, n)[0] // 4 for k in range(16) for n in range(8)
+        assert {n for k in range(16) for n in range(8)
                 if b_position(k, n)[0] == lane} == {lane // 4}
         # A registers 0, 1, 4, 5 (row g) hold the k of B registers 0, 1, 2, 3
         assert [a_k[r] for r in (0, 1, 4, 5)] == [b_k[r] for r in range(4)]

@@ -102,7 +102,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 from tvm.target import Target, codegen
 
-from ..analysis import u32
+from ..analysis import seq_stmt, u32, with_root_body
 from .match import CPUMatmul, CPUMatmulRule, is_llvm, match_matmul
 
 ROWS = 4  # output rows sharing each x vector
@@ -287,17 +287,10 @@ class LutGEMV:
         sch.compute_inline(info.weight)
         nest = sch.get(sch.get_loops(info.block)[0])
         func = sch.mod["main"]
-        realize = func.body
-        root = realize.block
+        root = func.body.block
         body = list(root.body.seq) if isinstance(root.body, tirx.SeqStmt) else [root.body]
         body = [self.kernel() if s.same_as(nest) else s for s in body]
-        new_root = s_tir.stmt.SBlock(
-            root.iter_vars, root.reads, root.writes, root.name_hint,
-            tirx.SeqStmt(body) if len(body) > 1 else body[0], root.init, root.alloc_buffers,
-            root.match_buffers, root.annotations)
-        new = func.with_body(s_tir.stmt.SBlockRealize(realize.iter_values, realize.predicate,
-                                                      new_root))
-        return s_tir.Schedule(new)
+        return s_tir.Schedule(with_root_body(func, seq_stmt(body)))
 
     def kernel(self) -> tirx.Stmt:
         """x permuted once, then tasks of TILES x ROWS output rows across cores."""
