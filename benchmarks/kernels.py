@@ -114,11 +114,12 @@ class KernelSpec:
 
 
 def _tensor_core_gemv_takes(mode: str, batch_class: str) -> bool:
-    """The modes and batch class ``TensorCoreGEMV`` is written for (one row; 2- and 4-bit
-    words, whose groups hold whole words); on LLaMA's shapes it takes all of them."""
-    from tvm_schedules.mma_gemv import BITS
+    """The modes and batch class ``TensorCoreGEMV`` is written for (one row; 2-, 3- and 4-bit
+    words in groups that hold whole words); on LLaMA's shapes it takes all of them."""
+    from tvm_schedules.mma_gemv import takes
 
-    return batch_class == "b1" and get_mode(mode).bits in BITS
+    m = get_mode(mode)
+    return batch_class == "b1" and takes(m.bits, m.group_size)
 
 
 def kernel_table(models, modes, batches, schedules=SCHEDULES) -> list[KernelSpec]:

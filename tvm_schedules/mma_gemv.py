@@ -15,9 +15,13 @@ A lane therefore holds the same k in A and in B, and a dot product does not care
 a k stands for as long as A and B agree. So:
 
 * a block owns 16 weight rows; lane ``l`` reads rows ``g`` and ``g + 8``, words
-  ``[t V, t V + V)`` of each ``4 V``-word step (``V = 4``: 16-byte loads), and puts the
-  half2 pairs of those words (``tvm_schedules/half2.py``: codes ``j`` and ``j + epw / 2`` of a
-  word) into A, pair ``2m`` and ``2m + 1`` into mma ``m``'s two k halves;
+  ``[4 t, 4 t + 4)`` of each 16-word step (16-byte loads), and puts the half2 pairs of those
+  words (``tvm_schedules/half2.py``: codes ``j`` and ``j + epw / 2`` of a word) into A, the
+  lane's pair ``2m`` and ``2m + 1`` into mma ``m``'s two k halves. A 3-bit word holds 5 pairs,
+  so its pairs run on across words; where a lane's pair count is odd the last mma's second
+  half is zero in A and in B;
+* a row whose word count is not a whole number of steps ends in a tail step of ``4 T`` words
+  (``T`` = 1, 2 or 3 a lane), done once by one warp after the loop;
 * B holds x at exactly those codes, in every one of its 8 columns. Every column of C is then
   the same y: ``c0`` is y[g] and ``c2`` is y[g + 8], and no warp reduction is needed;
 * x is staged once per block in shared memory in pair order (``xs[w epw + 2j + h] =
@@ -26,9 +30,11 @@ a k stands for as long as A and B agree. So:
   warps, 2 per SM, too few loads in flight); their partial sums meet in shared memory, where
   16 threads add them and run the function's epilogue (cast, residual add) on the result.
 
-Scope: one row of x (decode), float16 x, float32 accumulation (our model's kernels), 2- and
-4-bit words (a group holds whole words), N a multiple of 16, words per row a multiple of 4
-(every LLaMA and SmolLM2 shape; rows padded to whole groups meet x = 0), sm_80 and later.
+Scope: one row of x (decode), float16 x, float32 accumulation (our model's kernels), 2-, 3-
+and 4-bit words whose groups hold whole words (all 2- and 4-bit modes and MLC's q3f16_1; not
+the 3-bit modes whose 10-code words straddle 32/64/128-code groups), N a multiple of 16, words
+per row a multiple of 4 (every LLaMA and SmolLM2 shape; rows padded to whole groups meet
+x = 0), sm_80 and later.
 
 Checked without a GPU: with ``emulate=True`` the same code is built with each lane computing
 every lane's fragments and the mma from the map above (``a_position``, ``b_position``,
@@ -41,6 +47,7 @@ float32 sum included) and speed.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -51,13 +58,19 @@ from tvm.target import Target
 
 from .analysis import (DequantMatmul, DequantMatmulRule, read_buffer, seq_stmt, sm_version,
                        with_root_body)
-from .half2 import _group_zero, _Pairs, _replace, only_if, straddles
+from .half2 import _group_zero, _Pairs, _replace, only_if
 
 WARP = 32
 ROWS = 16  # m of m16n8k16: the weight rows of a block
 K_LANES = 4  # lanes t = l % 4 split a row's 16 k of one mma
 MMA_K = 16
-BITS = (2, 4)  # word widths whose groups hold whole words and whose pairs fill A directly
+LANE_WORDS = 4  # words of a row a lane loads per step: one 16-byte load
+BITS = (2, 3, 4)  # word widths the kernel unpacks (3 bits only where groups hold whole words)
+
+
+def takes(bits: int, group: int) -> bool:
+    """Whether the kernel is written for a packing: its words never straddle groups."""
+    return bits in BITS and group % (32 // bits) == 0
 
 
 def a_position(i, j):
@@ -78,15 +91,14 @@ def c_position(i, n):
 
 @dataclass(frozen=True)
 class MmaPlan:
-    """How a matched decode GEMV is tiled: ``words_per_lane`` (V) words of two rows a lane per
-    step, ``warps`` warps splitting the steps of K."""
+    """How a matched decode GEMV is tiled: ``steps`` steps of ``LANE_WORDS`` words of two rows
+    a lane, split over ``warps`` warps, then a tail step of ``tail_words`` words a lane."""
 
     n: int
     k: int
     padded_k: int  # codes per packed row (K, or K padded to whole groups)
     epw: int
     group: int
-    words_per_lane: int
     warps: int
 
     @property
@@ -94,66 +106,71 @@ class MmaPlan:
         return 32 // self.epw
 
     @property
-    def step_words(self) -> int:
-        return K_LANES * self.words_per_lane
-
-    @property
-    def steps(self) -> int:
-        return self.words // self.step_words
-
-    @property
     def words(self) -> int:
         """Words per weight row: K / epw, or more where rows are padded to whole groups."""
         return self.padded_k // self.epw
 
     @property
-    def mmas_per_step(self) -> int:
-        """Pairs a lane holds per row and step, two per mma."""
-        return self.words_per_lane * self.epw // 4
+    def steps(self) -> int:
+        return self.words // (K_LANES * LANE_WORDS)
+
+    @property
+    def tail_words(self) -> int:
+        return self.words % (K_LANES * LANE_WORDS) // K_LANES
 
     @staticmethod
     def of(info: DequantMatmul, warps: int) -> MmaPlan | None:
-        if info.bits not in BITS or straddles(info) or info.n % ROWS:
+        if not takes(info.bits, info.group) or info.n % ROWS or info.words % K_LANES:
             return None
-        for v in (4, 2, 1):
-            if info.words % (K_LANES * v) == 0:
-                steps = info.words // (K_LANES * v)
-                while warps > 1 and warps > steps:
-                    warps //= 2
-                return MmaPlan(info.n, info.k, info.words * info.epw, info.epw, info.group,
-                               v, warps)
-        return None
+        steps = info.words // (K_LANES * LANE_WORDS)
+        while warps > 1 and warps > steps:
+            warps //= 2
+        return MmaPlan(info.n, info.k, info.words * info.epw, info.epw, info.group, warps)
+
+
+def _mma_count(plan: MmaPlan, v: int) -> int:
+    """mmas of a step of ``v`` words a lane: two of its pairs a row each."""
+    return -(-v * (plan.epw // 2) // 2)
 
 
 class _Lane:
-    """One lane's operands for one step: its words of rows ``g`` and ``g + 8`` in registers,
-    dequantized per pair on demand, and its x pairs from the shared tile."""
+    """One lane's operands for one step: its ``v`` words of rows ``g`` and ``g + 8`` from word
+    ``base + t v`` on, in registers, dequantized per pair on demand, and its x pairs from the
+    shared tile. Pair ``p`` of the lane is pair ``p % half`` of word ``p / half``; the tile
+    holds each word's pairs in order, so its x sit at ``col epw + 2 p`` for every width."""
 
-    def __init__(self, plan: MmaPlan, bufs: dict, row0, lane, step, xs: tirx.Buffer):
-        self.plan, self.bufs, self.xs = plan, bufs, xs
+    def __init__(self, plan: MmaPlan, bufs: dict, row0, lane, base, v: int, xs: tirx.Buffer):
+        self.plan, self.bufs, self.xs, self.v = plan, bufs, xs, v
         self.pairs = _Pairs(plan.bits, plan.epw)
-        v = plan.words_per_lane
-        self.col = step * plan.step_words + tirx.floormod(lane, K_LANES) * v
+        self.col = base + tirx.floormod(lane, K_LANES) * v
         self.rows = [row0 + tirx.floordiv(lane, K_LANES) + 8 * r for r in (0, 1)]
         self.words = T.alloc_local((2 * v,), "uint32")
-        for r, row in enumerate(self.rows):  # one v-word (16-byte at v = 4) load a row
-            index = tirx.Ramp(self.col, 1, v) if v > 1 else self.col
-            T.buffer_store(self.words, bufs["weight"][row, index],
-                           [tirx.Ramp(r * v, 1, v) if v > 1 else r * v])
+        for r, row in enumerate(self.rows):
+            # one load a row (16 bytes in a whole step); 3 words are 3 loads, as no uint32x3 is
+            for at, width in ([(0, v)] if v in (1, 2, 4) else [(i, 1) for i in range(v)]):
+                index = tirx.Ramp(self.col + at, 1, width) if width > 1 else self.col + at
+                dest = r * v + at
+                T.buffer_store(self.words, bufs["weight"][row, index],
+                               [tirx.Ramp(dest, 1, width) if width > 1 else dest])
+        self.count = v * self.pairs.half  # the lane's pairs of a row
         self._spread: dict = {}
         self._group: dict = {}
 
+    @property
+    def mmas(self) -> int:
+        return _mma_count(self.plan, self.v)
+
     def _spread_word(self, r: int, w: int):
         if (r, w) not in self._spread:
-            v = self.plan.words_per_lane
-            self._spread[(r, w)] = T.bind(self.pairs.spread(self.words[r * v + w]))
+            self._spread[(r, w)] = T.bind(self.pairs.spread(self.words[r * self.v + w]))
         return self._spread[(r, w)]
 
     def _group_of(self, r: int, w: int):
-        """(1024 + zero, scale) of word ``w`` of row ``r``, bound once per group and row."""
+        """(1024 + zero, scale) of word ``w`` of row ``r``, bound once per group and row.
+        ``col`` is a multiple of ``v`` and groups start every ``group / epw`` words, so runs of
+        their gcd words from ``col`` never cross a group boundary."""
         plan = self.plan
-        span = min(plan.words_per_lane, plan.group // plan.epw)  # the lane's words a group holds
-        key = (r, w // span)
+        key = (r, w // math.gcd(self.v, plan.group // plan.epw))
         if key not in self._group:
             row, g = self.rows[r], tirx.floordiv((self.col + w) * plan.epw, plan.group)
             zero = _group_zero(self.bufs.get("zero"), row, g, self.pairs)
@@ -161,18 +178,28 @@ class _Lane:
         return self._group[key]
 
     def weight_pair(self, r: int, p: int) -> tirx.PrimExpr:
-        """half2 weights of pair ``p`` (word ``p / half``, codes ``j``, ``j + half``) of row
-        ``r``: ``(1024 + q - (1024 + zero)) * scale``, the model's float16 values exactly."""
+        """half2 weights of the lane's pair ``p`` of row ``r``: ``(1024 + q - (1024 + zero)) *
+        scale``, the model's float16 values exactly; zero past the lane's last pair."""
+        if p >= self.count:
+            return tirx.Broadcast(tirx.const(0, "float16"), 2)
         w, j = divmod(p, self.pairs.half)
         zero, scale = self._group_of(r, w)
         pair = self.pairs.pair(self._spread_word(r, w), j)
         return (pair - tirx.Broadcast(zero, 2)) * tirx.Broadcast(scale, 2)
 
-    def x_quad(self, m: int) -> tirx.PrimExpr:
-        """x at the codes of pairs ``2m`` and ``2m + 1`` (B's k halves): 4 halves, contiguous
-        in the pair-ordered tile because a word's pairs are (``half`` is even)."""
-        w, j = divmod(2 * m, self.pairs.half)
-        return self.xs[tirx.Ramp((self.col + w) * self.plan.epw + 2 * j, 1, 4)]
+    def x_pair(self, p: int) -> tirx.PrimExpr:
+        """x at the codes of pair ``p`` (zero past the lane's last pair: 0 x 0, never 0 x x)."""
+        if p >= self.count:
+            return tirx.Broadcast(tirx.const(0, "float16"), 2)
+        return self.xs[tirx.Ramp(self.col * self.plan.epw + 2 * p, 1, 2)]
+
+    def x_quad(self, m: int) -> tirx.PrimExpr | None:
+        """x at the codes of pairs ``2m`` and ``2m + 1`` (B's k halves) as one 8-byte load,
+        where that is aligned and whole: always at 2 and 4 bits; at 3 bits where ``v`` is even
+        (None elsewhere: two ``x_pair`` loads)."""
+        if 2 * m + 1 < self.count and (self.plan.epw * self.v) % 4 == 0:
+            return self.xs[tirx.Ramp(self.col * self.plan.epw + 4 * m, 1, 4)]
+        return None
 
 
 def _fill(lane: _Lane, m: int, a: tirx.Buffer, a_off, b: tirx.Buffer, b_off) -> None:
@@ -181,7 +208,12 @@ def _fill(lane: _Lane, m: int, a: tirx.Buffer, a_off, b: tirx.Buffer, b_off) -> 
     for s in (0, 1):
         for r in (0, 1):
             T.buffer_store(a, lane.weight_pair(r, 2 * m + s), [tirx.Ramp(a_off + 4 * s + 2 * r, 1, 2)])
-    T.buffer_store(b, lane.x_quad(m), [tirx.Ramp(b_off, 1, 4)])
+    quad = lane.x_quad(m)
+    if quad is not None:
+        T.buffer_store(b, quad, [tirx.Ramp(b_off, 1, 4)])
+        return
+    for s in (0, 1):  # (a Shuffle of the two would be one store, but TVM 0.27's CUDA is wrong)
+        T.buffer_store(b, lane.x_pair(2 * m + s), [tirx.Ramp(b_off + 2 * s, 1, 2)])
 
 
 def _emulated_mma(a_all: tirx.Buffer, b_all: tirx.Buffer, acc: tirx.Buffer, lane) -> None:
@@ -280,13 +312,17 @@ def build_tensor_core_gemv(info: DequantMatmul, plan: MmaPlan, emulate: bool = F
                     acc = T.alloc_local((4,), "float32")
                     for i in range(4):
                         T.buffer_store(acc, tirx.const(0, "float32"), [i])
-                    with T.serial(0, -(-plan.steps // w)) as ko:
-                        step = ko * w + ty
-                        with only_if(step < plan.steps if plan.steps % w else None):
-                            if emulate:
-                                _emulated_step(plan, bufs, row0, tx, step, xs, acc)
-                            else:
-                                _mma_step(plan, bufs, row0, tx, step, xs, acc)
+                    step_body = _emulated_step if emulate else _mma_step
+                    if plan.steps:
+                        with T.serial(0, -(-plan.steps // w)) as ko:
+                            step = ko * w + ty
+                            with only_if(step < plan.steps if plan.steps % w else None):
+                                step_body(plan, bufs, row0, tx, step * K_LANES * LANE_WORDS,
+                                          LANE_WORDS, xs, acc)
+                    if plan.tail_words:  # by a warp with one step fewer where there is one
+                        with only_if(ty == plan.steps % w if w > 1 else None):
+                            step_body(plan, bufs, row0, tx, plan.steps * K_LANES * LANE_WORDS,
+                                      plan.tail_words, xs, acc)
                     with T.If(tirx.floormod(tx, K_LANES) == 0):
                         with T.Then():
                             for r in (0, 1):  # c0 = y[g], c2 = y[g + 8] (all of C's columns agree)
@@ -316,22 +352,23 @@ def _is_epilogue_mark(stmt: tirx.Stmt) -> bool:
             and int(stmt.value.value) == _EPILOGUE_HERE)
 
 
-def _mma_step(plan: MmaPlan, bufs: dict, row0, tx, step, xs, acc) -> None:
-    lane = _Lane(plan, bufs, row0, tx, step, xs)
+def _mma_step(plan: MmaPlan, bufs: dict, row0, tx, base, v: int, xs, acc) -> None:
+    lane = _Lane(plan, bufs, row0, tx, base, v, xs)
     a = T.alloc_local((8,), "float16")
     b = T.alloc_local((4,), "float16")
-    for m in range(plan.mmas_per_step):
+    for m in range(lane.mmas):
         _fill(lane, m, a, 0, b, 0)
         T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "fp16", "fp16", "fp32",
                                     a.data, 0, b.data, 0, acc.data, 0, False, dtype="float32"))
 
 
-def _emulated_step(plan: MmaPlan, bufs: dict, row0, tx, step, xs, acc) -> None:
+def _emulated_step(plan: MmaPlan, bufs: dict, row0, tx, base, v: int, xs, acc) -> None:
     a_all = T.alloc_local((WARP * 8,), "float16")
     b_all = T.alloc_local((WARP * 4,), "float16")
-    for m in range(plan.mmas_per_step):
+    for m in range(_mma_count(plan, v)):
         with T.serial(0, WARP) as other:
-            _fill(_Lane(plan, bufs, row0, other, step, xs), m, a_all, other * 8, b_all, other * 4)
+            _fill(_Lane(plan, bufs, row0, other, base, v, xs), m, a_all, other * 8, b_all,
+                  other * 4)
         _emulated_mma(a_all, b_all, acc, tx)
 
 

@@ -31,11 +31,13 @@ def test_shape_table_is_llama(kernels):
         5120, 13824)
     table = kernels.kernel_table(["llama-7b", "llama-13b"], kernels.QUANT_MODES,
                                  list(kernels.BATCHES))
-    # ours and dlight for every kernel; the tensor-core GEMV for b1 at 2 and 4 bits (7 modes)
-    assert len(table) == 2 * 5 * 11 * 4 * 2 + 2 * 5 * 7
+    # ours and dlight for every kernel; the tensor-core GEMV for b1 where groups hold whole
+    # words (the 7 2- and 4-bit modes and q3f16_1)
+    assert len(table) == 2 * 5 * 11 * 4 * 2 + 2 * 5 * 8
     assert len({k.id for k in table}) == len(table)
     tc = [k for k in table if k.schedule == "ours-tc"]
-    assert {k.batch_class for k in tc} == {"b1"} and "q3f16_1" not in {k.mode for k in tc}
+    assert {k.batch_class for k in tc} == {"b1"}
+    assert "q3f16_1" in {k.mode for k in tc} and "q3f16_g128asym" not in {k.mode for k in tc}
 
 
 def test_moved_bytes_count_packed_weights(kernels):

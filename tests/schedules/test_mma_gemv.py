@@ -19,8 +19,8 @@ from tvm_schedules.mma_gemv import TensorCoreGEMV, a_position, b_position, c_pos
 from tvm_schedules.resources import cuobjdump, kernel_resources
 from tvm_schedules.workloads import dequant_matmul
 
-MODES_2_4 = ["q4f16_1", "q4f16_g32asym", "q4f16_g128asym", "q2f16_g32asym", "q2f16_g64asym",
-             "q2f16_g128asym"]
+MODES = ["q4f16_1", "q4f16_g32asym", "q4f16_g128asym", "q3f16_1", "q2f16_g32asym",
+         "q2f16_g64asym", "q2f16_g128asym"]
 
 
 def test_a_and_c_maps_are_tvms_mma_layout():
@@ -56,9 +56,12 @@ def _emulated(mode: str, n: int, k: int, epilogue, warps: int = 8):
     return build_cpu(sch.mod["main"])
 
 
-@pytest.mark.parametrize("mode", MODES_2_4)
-# whole steps for 8 warps (2048), a step count 8 warps do not divide (1536 at 4 bits: 12
-# steps; 2-bit: 6 steps, 4 warps), SmolLM2's 576 (g128 rows padded to 640 codes), 4-word steps
+@pytest.mark.parametrize("mode", MODES)
+# 2048: whole steps for 8 warps at 4 bits (16), 2-bit 8, q3f16_1 13 (rows of 52 groups);
+# 1536: 12 steps at 4 bits, which 8 warps do not divide, 2-bit 6 with 4 warps, q3f16_1 9
+# and a tail of 3 words a lane (odd: 15 pairs, the last mma half empty, x unaligned);
+# 576 (SmolLM2): 4-bit 4 steps + a 2-word tail (g128: rows padded to 640 codes), 2-bit 2 + 1
+# or 2, q3f16_1 3 + 3
 @pytest.mark.parametrize("k", [2048, 1536, 576])
 def test_emulated_kernel_is_exact(mode, k):
     """Dense x (+-1 at every K index), so a code multiplied by the wrong x, or put in the
@@ -74,6 +77,21 @@ def test_emulated_kernel_is_exact(mode, k):
     args = [x.reshape(1, 1, k), *packed_params(t), residual.reshape(1, 1, n)]
     _emulated(mode, n, k, "add")["main"](*[tvm.runtime.tensor(a) for a in args], out)
     np.testing.assert_array_equal(out.numpy().reshape(1, n).astype(np.float32), expect)
+
+
+@pytest.mark.parametrize("mode,k", [("q4f16_1", 288),  # 2 steps and a 1-word tail a lane
+                                    ("q4f16_g32asym", 64),  # no whole step: the tail only
+                                    ("q3f16_1", 80)])  # 8 words: a 2-word tail only
+def test_emulated_kernel_tails(mode, k):
+    """Rows that end in a tail step of 1 or 2 words a lane, or are only a tail."""
+    n = 16
+    t, _ = exact_case(mode, n, k, 1, seed=3)
+    x = np.random.default_rng(4).choice(np.array([-1, 1], np.float16), (1, k))
+    expect = (x.astype(np.float32) @ dequantize(mode, t, k).astype(np.float32).T).astype(np.float16)
+    out = tvm.runtime.tensor(np.zeros((1, 1, n), np.float16))
+    args = [x.reshape(1, 1, k), *packed_params(t)]
+    _emulated(mode, n, k, None)["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    np.testing.assert_array_equal(out.numpy().reshape(1, n), expect)
 
 
 @pytest.mark.parametrize("out_dtype", ["float16", "float32"])
@@ -93,8 +111,9 @@ def test_emulated_kernel_with_cast_or_no_epilogue_and_few_warps(out_dtype):
 
 @pytest.mark.parametrize("mode,n,k,batch,arch", [
     ("q4f16_1", 64, 1024, 4, "sm_90"),  # more than one row of x
-    ("q3f16_1", 64, 1280, 1, "sm_90"),  # 3-bit words
-    ("q3f16_g128asym", 64, 1280, 1, "sm_90"),
+    ("q3f16_g128asym", 64, 1280, 1, "sm_90"),  # 3-bit words that straddle groups
+    ("q3f16_g32asym", 64, 1280, 1, "sm_90"),
+    ("q2f16_g32asym", 64, 1056, 1, "sm_90"),  # 66 words a row, not a multiple of 4
     ("q4f16_1", 40, 1024, 1, "sm_90"),  # N not a multiple of 16
     ("q4f16_1", 64, 1024, 1, "sm_75"),  # no m16n8k16 f16 mma before sm_80
 ])
@@ -110,7 +129,7 @@ def test_experimental_rule_is_not_in_the_pipeline():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize("arch", CUDA_ARCHS)
-@pytest.mark.parametrize("mode", ["q4f16_1", "q2f16_g128asym"])
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q2f16_g128asym"])
 def test_cuda_kernel_compiles_with_the_mma(arch, mode):
     target = cuda_target(arch)
     sch = TensorCoreGEMV().apply(dequant_matmul(mode, 4096, 4096, epilogue="add"), target)
@@ -121,11 +140,11 @@ def test_cuda_kernel_compiles_with_the_mma(arch, mode):
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or cuobjdump() is None,
                     reason="needs nvcc and cuobjdump (pip install -e '.[audit]')")
-@pytest.mark.parametrize("mode", ["q4f16_1", "q2f16_g128asym"])
+@pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q2f16_g128asym"])
 def test_sass_halves_the_instructions_per_code(mode):
     """What the kernel is for, read from the SASS of the 7B down_proj (K = 11008): no local
     memory, the mmas in the main loop, and under 3 instructions per code where DecodeGEMV
-    needs 4.7-4.9 (2.4-2.6 when written)."""
+    needs 4.7-4.9 at 2 and 4 bits and 6.5 for q3f16_1 (2.5, 2.8 and 2.5 when written)."""
     target = cuda_target("sm_90")
     per_code = {}
     for name, rule in (("mma", TensorCoreGEMV()), ("decode", DecodeGEMV())):
