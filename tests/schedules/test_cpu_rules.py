@@ -3,8 +3,9 @@
 The data of ``conftest.exact_case`` make every float32 partial sum exact, so the GEMV's lane
 partial sums, the GEMM's tiles and padding, and the embedding gather must all equal the numpy
 reference (``desv_export.pack.dequantize``) bit for bit, for every export mode. The GEMV is
-checked in both its forms: the AVX-512 table-lookup kernel (this host, when it has AVX-512)
-and the schedule every other CPU gets (an AVX2 target, which this host also runs).
+checked in all its forms: the table-lookup kernel of this host (16 lanes with AVX-512, 8 with
+AVX2), the AVX2 one on an AVX2 target (which every x86 host of ours runs), and the schedule
+form, which a target without AVX2 gets (Ivy Bridge).
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from desv_export.modes import MODES
 from desv_export.pack import dequantize
 from tests.schedules.conftest import exact_case, first_rule, packed_params
 from tvm_schedules.cpu import CPUInlineSpatial, CPUTiledGEMM, CPUVectorGEMV, cpu_rules
-from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, LutGEMV
+from tvm_schedules.cpu.gemv import PERMUTE, PERMUTE2, PERMUTE_AVX2, LutGEMV, lut_lanes
 from tvm_schedules.cpu.match import match_matmul
 from tvm_schedules.workloads import dequant_matmul, dequant_take
 
 QUANT_MODES = [m for m in MODES if MODES[m].quantized]
 LLVM = host_cpu_target()
-HAS_AVX512 = tvm.target.codegen.target_has_features("avx512f", LLVM)
-# The same CPU without AVX-512: the GEMV's schedule form (x86 hosts run AVX2 code).
+# The same CPU without AVX-512 (x86 hosts run AVX2 code), and without AVX2 (F16C, no FMA).
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "mtriple": str(LLVM.attrs["mtriple"])})
+NO_AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "ivybridge",
+                             "mtriple": str(LLVM.attrs["mtriple"])})
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mtriple": str(LLVM.attrs["mtriple"])})
 
 # (id, batch, symbolic seq?, run-time rows, n, k, epilogue, expected rule)
 CASES = [
@@ -49,7 +52,12 @@ def _schedule(func):
 
 def _uses_lut(mod) -> bool:
     script = mod["main"].script()
-    return PERMUTE in script or PERMUTE2 in script
+    return any(p in script for p in (PERMUTE, PERMUTE2, PERMUTE_AVX2))
+
+
+def _lut_expected(target) -> bool:
+    """Where the table-lookup kernel is built (every mode): AVX-512 and AVX2 targets."""
+    return lut_lanes(target) is not None
 
 
 @pytest.mark.parametrize("mode", QUANT_MODES)
@@ -58,10 +66,20 @@ def test_cpu_matmul_is_exact(mode, case):
     _check_exact(mode, case, LLVM)
 
 
+@pytest.mark.parametrize("mode", ["q4f16_1", "q4f16_g128asym", "q3f16_1", "q3f16_g32asym",
+                                  "q3f16_g64asym", "q3f16_g128asym", "q2f16_g32asym",
+                                  "q2f16_g64asym"])
+@pytest.mark.parametrize("case", CASES[:3], ids=[c[0] for c in CASES[:3]])
+def test_cpu_gemv_on_avx2_is_exact(mode, case):
+    """The 8-lane table-lookup kernel: 4-bit with two table registers and a blend on the
+    code's bit 3; 3-bit chunks of 4 words, whose vectors across two groups blend two tables."""
+    _check_exact(mode, case, AVX2)
+
+
 @pytest.mark.parametrize("mode", ["q4f16_1", "q3f16_1", "q3f16_g128asym", "q2f16_g64asym"])
 @pytest.mark.parametrize("case", CASES[:3], ids=[c[0] for c in CASES[:3]])
-def test_cpu_gemv_without_avx512_is_exact(mode, case):
-    _check_exact(mode, case, AVX2)
+def test_cpu_gemv_without_avx2_is_exact(mode, case):
+    _check_exact(mode, case, NO_AVX2)
 
 
 def _check_exact(mode, case, target):
@@ -71,8 +89,8 @@ def _check_exact(mode, case, target):
                           x_dtype="float32", out_dtype="float32")
     name, mod = first_rule(cpu_rules(), func, target)
     assert name == rule.__name__
-    if rule is CPUVectorGEMV:  # the table-lookup kernel exactly where AVX-512 is
-        assert _uses_lut(mod) == (target is LLVM and HAS_AVX512)
+    if rule is CPUVectorGEMV:  # the table-lookup kernel exactly where it is written for
+        assert _uses_lut(mod) == _lut_expected(target)
     lib = tvm.compile(mod, target=target)
     m = batch * rows
     t, x16 = exact_case(mode, n, k, m)
@@ -195,12 +213,34 @@ def _unrounded(mode, t, k):
 
 @pytest.mark.parametrize("mode", QUANT_MODES)
 def test_gemv_lut_matches_every_mode(mode):
-    """The table-lookup kernel recognises every export mode's dequantize (K = 576: SmolLM2)."""
+    """The table-lookup kernel recognises every export mode's dequantize (K = 576: SmolLM2),
+    in both its forms; AVX2 chunks are one word (2, 4 bits) or four (3 bits: 40 codes)."""
     info = match_matmul(dequant_matmul(mode, 64, 576, x_dtype="float32", out_dtype="float32"))
     lut = LutGEMV.match(info)
     assert lut is not None
     assert (lut.bits, lut.group, lut.q_zero is None) == (
         MODES[mode].bits, MODES[mode].group_size, MODES[mode].symmetric)
+    avx2 = LutGEMV.match(info, lanes=8)
+    epw = MODES[mode].elems_per_word
+    assert (avx2.lanes, avx2.chunk.codes) == (8, 4 * epw if epw == 10 else epw)
+    assert sorted(avx2.chunk.code(v, lane) for v in range(avx2.chunk.vectors)
+                  for lane in range(8)) == list(range(avx2.chunk.codes))
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_gemv_lut_survives_the_pipelines_index_narrowing(mode, lanes):
+    """compile.py runs ``ForceNarrowIndexToInt32`` on the scheduled llvm functions; an int32
+    vector ``&`` in the AVX2 kernel's blend once made it fail (TVM 0.27)."""
+    target = {16: AVX512, 8: AVX2}[lanes]
+    mod = CPUVectorGEMV().apply(dequant_matmul(mode, 96, 576, x_dtype="float32",
+                                               out_dtype="float32"), target, False).mod
+    assert _uses_lut(mod) == _lut_expected(target)
+    tirx.transform.ForceNarrowIndexToInt32()(mod)
+
+
+def test_lut_lanes_follow_the_target():
+    assert (lut_lanes(AVX512), lut_lanes(AVX2), lut_lanes(NO_AVX2)) == (16, 8, None)
 
 
 def test_gemv_lut_declines_another_dequantize():

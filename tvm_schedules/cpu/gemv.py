@@ -108,10 +108,13 @@ from .match import CPUMatmul, CPUMatmulRule, is_llvm, match_matmul
 ROWS = 4  # output rows sharing each x vector
 STREAM_LANES = 32  # float weights: partial sums per row, two 16-lane FMA chains
 LANES = 16  # float32 lanes of one AVX-512 register
+AVX2_LANES = 8  # of an AVX2 one
 TILES = 8  # row tiles per parallel task: one accumulator allocation per task, not per tile
-WORDS = {8: 2, 10: 8, 16: 1}  # codes per word -> words per chunk (one broadcast load)
+# codes per word -> words per chunk (one broadcast load), by vector lanes
+WORDS = {LANES: {8: 2, 10: 8, 16: 1}, AVX2_LANES: {8: 1, 10: 4, 16: 1}}
 PERMUTE = "llvm.x86.avx512.permvar.sf.512"  # vpermps: table[index & 15]
 PERMUTE2 = "llvm.x86.avx512.vpermi2var.ps.512"  # vpermt2ps: two tables, index & 31
+PERMUTE_AVX2 = "llvm.x86.avx2.permps"  # vpermps ymm: table[index & 7]
 
 
 class CPUVectorGEMV(CPUMatmulRule):
@@ -131,8 +134,9 @@ class CPUVectorGEMV(CPUMatmulRule):
         info = match_matmul(func)
         if info is None or not self.accepts(info.static_rows):
             return None
-        if codegen.target_has_features("avx512f", target):
-            lut = LutGEMV.match(info)
+        lanes = lut_lanes(target)
+        if lanes:
+            lut = LutGEMV.match(info, lanes)
             if lut is not None:
                 return lut.schedule(info)
         return self.schedule(info)
@@ -144,6 +148,16 @@ class CPUVectorGEMV(CPUMatmulRule):
 # ----------------------------------------------------------------------------- LUT kernel
 
 
+def lut_lanes(target: Target) -> int | None:
+    """Vector lanes of the table-lookup kernel on ``target``: 16 with AVX-512, 8 with AVX2
+    (and the F16C and FMA every AVX2 CPU has), None without a variable permute."""
+    if codegen.target_has_features("avx512f", target):
+        return LANES
+    if all(codegen.target_has_features(f, target) for f in ("avx2", "f16c", "fma")):
+        return AVX2_LANES
+    return None
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Lane geometry: a vector's lane ``l`` holds code ``v * per + l // words`` of word
@@ -152,11 +166,12 @@ class Chunk:
     epw: int  # codes per word
     words: int  # words per chunk
     quads: bool = False  # 3-bit shared tables: vectors 0-3 from 4 words each (see ``code``)
+    lanes: int = LANES
 
     @property
     def per(self) -> int:
         """Codes of one word in one vector."""
-        return LANES // self.words
+        return self.lanes // self.words
 
     @property
     def vectors(self) -> int:
@@ -180,10 +195,10 @@ def _const_vector(values: list, dtype: str) -> tirx.PrimExpr:
     return tirx.Shuffle([tirx.const(v, dtype) for v in values], list(range(len(values))))
 
 
-def _splat(buf: Var, indices: list) -> tirx.PrimExpr:
+def _splat(buf: Var, indices: list, lanes: int) -> tirx.PrimExpr:
     """``buf[indices]`` in all lanes as a stride-0 vector load (a broadcast load; LLVM turns a
     scalar load + broadcast of a float16 into three ops, this into one)."""
-    return buf[(*indices[:-1], tirx.Ramp(indices[-1], 0, LANES))]
+    return buf[(*indices[:-1], tirx.Ramp(indices[-1], 0, lanes))]
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,7 @@ class LutGEMV:
     k: int
     bits: int
     group: int
+    lanes: int = LANES  # AVX-512's 16, or AVX2's 8 (2- and 4-bit words only)
 
     @property
     def epw(self) -> int:
@@ -220,14 +236,18 @@ class LutGEMV:
 
     @property
     def chunk(self) -> Chunk:
-        return Chunk(self.epw, WORDS[self.epw], quads=self.shared_tables())
+        return Chunk(self.epw, WORDS[self.lanes][self.epw], quads=self.shared_tables(),
+                     lanes=self.lanes)
+
+    def vec(self, dtype: str) -> str:
+        return f"{dtype}x{self.lanes}"
 
     @staticmethod
-    def match(info: CPUMatmul) -> LutGEMV | None:
+    def match(info: CPUMatmul, lanes: int = LANES) -> LutGEMV | None:
         """The facts, if the unpack, dequantize and reduction are exactly the expected
         expressions (compared after simplification with expressions rebuilt here); else None,
         and the rule keeps the schedule form, which computes whatever the function says."""
-        if info.unpack is None or info.epw not in WORDS or info.group is None:
+        if info.unpack is None or info.epw not in WORDS[lanes] or info.group is None:
             return None
         sch = info.sch
         unpack, weight, block = sch.get(info.unpack), sch.get(info.weight), sch.get(info.block)
@@ -243,8 +263,8 @@ class LutGEMV:
         bits = 32 // info.epw
         lut = LutGEMV(x=x, q_weight=q_weight, q_scale=q_scale, q_zero=q_zero,
                       zero_const=float(2 ** (bits - 1) - 1), out=out, n=info.n, k=info.k,
-                      bits=bits, group=info.group)
-        if lut.groups_per_chunk() > 2 * (LANES >> bits):
+                      bits=bits, group=info.group, lanes=lanes)
+        if lut.groups_per_chunk() > max(1, 2 * (lanes >> bits)):
             return None  # more tables than the two registers vpermt2ps reads
         i, j = (iv.var for iv in unpack.iter_vars)
         wi, wj = (iv.var for iv in weight.iter_vars)
@@ -261,7 +281,7 @@ class LutGEMV:
 
     def groups_per_chunk(self) -> int:
         """Most quantization groups that one chunk's codes fall in."""
-        codes = self.epw * WORDS[self.epw]  # self.chunk's (its geometry asks us)
+        codes = self.epw * WORDS[self.lanes][self.epw]  # self.chunk's (its geometry asks us)
         return max(len({(start + c) // self.group for c in range(codes)})
                    for start in range(0, math.lcm(self.group, codes), codes))
 
@@ -297,18 +317,19 @@ class LutGEMV:
         chunk = self.chunk
         nchunks = math.ceil(self.groups * self.group / chunk.codes)
         tiles = self.n // ROWS
+        acc_type = (ROWS * self.chains,), self.vec("float32")
         with IRBuilder() as ib:
             with T.sblock("lut_gemv"):
                 xt = T.sblock_alloc_buffer((nchunks * chunk.codes,), "float32")
                 self._permute_x(xt, nchunks)
                 with T.parallel(0, math.ceil(tiles / TILES)) as task:
-                    acc = T.alloc_local((ROWS * self.chains,), "float32x16")
+                    acc = T.alloc_local(*acc_type)
                     with T.serial(0, TILES) as i:
                         with T.If(task * TILES + i < tiles):
                             with T.Then():
                                 self._rows(xt, acc, (task * TILES + i) * ROWS, ROWS)
                 if self.n % ROWS:
-                    acc = T.alloc_local((ROWS * self.chains,), "float32x16")
+                    acc = T.alloc_local(*acc_type)
                     self._rows(xt, acc, tiles * ROWS, self.n % ROWS)
         return ib.get()
 
@@ -320,16 +341,16 @@ class LutGEMV:
         chunk = self.chunk
         with T.serial(0, nchunks) as c:
             for v in range(chunk.vectors):
-                for lane in range(LANES):
+                for lane in range(self.lanes):
                     src = c * chunk.codes + chunk.code(v, lane)
                     value = tirx.Select(src < self.k, self._x(tirx.min(src, self.k - 1)),
                                         tirx.const(0, "float32"))
-                    T.buffer_store(xt, value, [c * chunk.codes + v * LANES + lane])
+                    T.buffer_store(xt, value, [c * chunk.codes + v * self.lanes + lane])
 
     def _rows(self, xt: Var, acc: Var, n0, rows: int) -> None:
         """Output rows n0 .. n0 + rows: accumulate, then sum the lanes into ``out``."""
         for r in range(rows * self.chains):
-            T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "float32"), LANES), [r])
+            T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "float32"), self.lanes), [r])
         chunk = self.chunk
         block = math.lcm(self.group, chunk.codes)  # codes of a chunk/group pattern period
         total = self.groups * self.group
@@ -354,20 +375,27 @@ class LutGEMV:
         """Chunks ``base / chunk.codes + c`` for c in ``chunks`` (static), all rows. In the
         row's tail chunk, lanes past the last group (x is 0 there) read ``last_group``'s table
         (relative to the group of ``base``), not a scale past the row."""
-        chunk = self.chunk
+        chunk, lanes = self.chunk, self.lanes
         shared, bound = self.shared_tables(), {}
+        avx2 = lanes == AVX2_LANES
         for c in chunks:
             start = c * chunk.codes  # static offset of the chunk from ``base``
             # Static group of every (vector, lane), relative to the group of ``base``.
             lane_group = [[min((start + chunk.code(v, lane)) // self.group, last_group)
-                           for lane in range(LANES)] for v in range(chunk.vectors)]
+                           for lane in range(lanes)] for v in range(chunk.vectors)]
             groups = sorted({g for gs in lane_group for g in gs})
-            x_vecs = [xt[tirx.Ramp(base + start + v * LANES, 1, LANES)]
+            x_vecs = [xt[tirx.Ramp(base + start + v * lanes, 1, lanes)]
                       for v in range(chunk.vectors)]
             per_row = []
             for r in range(rows):
                 n = n0 + r
-                if shared:  # one periodic table per group, bound (T.bind) where first read
+                if avx2:  # each group's table (4-bit: 2 registers), bound where first read
+                    for g in groups:
+                        if (r, g) not in bound:
+                            bound[r, g] = [T.bind(t) for t in
+                                           self._avx2_table(n, base // self.group + g)]
+                    tables = {g: bound[r, g] for g in groups}
+                elif shared:  # one periodic table per group, bound (T.bind) where first read
                     for g in groups:
                         if (r, g) not in bound:
                             bound[r, g] = T.bind(self._table(n, [base // self.group + g]))
@@ -383,9 +411,15 @@ class LutGEMV:
             for r, v in order:
                 tables, words = per_row[r]
                 words = words[v]
-                shifts = [self.bits * (chunk.code(v, lane) % self.epw) for lane in range(LANES)]
+                shifts = [self.bits * (chunk.code(v, lane) % self.epw) for lane in range(lanes)]
                 index = words >> _const_vector(shifts, "uint32")
-                if shared and len(groups) > 1:  # both groups' tables; LLVM makes the select
+                if avx2:  # a vector across two groups (3-bit) blends their lookups
+                    first, *second = sorted(set(lane_group[v]))
+                    w = self._avx2_lookup(tables[first], index)
+                    if second:
+                        w = tirx.Select(_const_vector([g != first for g in lane_group[v]], "bool"),
+                                        self._avx2_lookup(tables[second[0]], index), w)
+                elif shared and len(groups) > 1:  # both groups' tables; LLVM makes the select
                     # a masked vpermps (vpermt2ps, or a blend into one register, was slower)
                     index = index.astype("int32x16")
                     second = [g == groups[1] for g in lane_group[v]]
@@ -407,12 +441,30 @@ class LutGEMV:
                 a = r * self.chains + (c * chunk.vectors + v) % self.chains
                 T.buffer_store(acc, acc[a] + x_vecs[v] * w, [a])
 
+    def _avx2_table(self, n, g) -> list:
+        """Group ``g``'s table in 8-lane registers: at 3 bits one, exactly (``vpermps`` reads
+        the index's low 3 bits); at 2 bits one, periodic (a neighbour's bit in bit 2 picks the
+        same entry); at 4 bits two, codes 0-7 and 8-15."""
+        return [self._table(n, [g], first) for first in range(0, 1 << self.bits, AVX2_LANES)]
+
+    def _avx2_lookup(self, tables: list, index: tirx.PrimExpr) -> tirx.PrimExpr:
+        """The table entry of every lane's code (``index``: uint32, the code in its low bits):
+        one ``vpermps``, at 4 bits two and a blend on the code's bit 3. (The bit is tested on
+        the uint32 index: an int32 ``&`` trips TVM 0.27's ForceNarrowIndexToInt32.)"""
+        lanes = AVX2_LANES
+        signed = index.astype("int32x8")
+        lookups = [tirx.call_llvm_pure_intrin("float32x8", PERMUTE_AVX2, t, signed) for t in tables]
+        if len(lookups) == 1:
+            return lookups[0]
+        high = (index & tirx.Broadcast(u32(lanes), lanes)) != tirx.Broadcast(u32(0), lanes)
+        return tirx.Select(high, lookups[1], lookups[0])
+
     @property
     def chains(self) -> int:
         """Accumulators (independent FMA chains) per row: 2 for 3-bit groups of 128 (3-7 %
         faster in-cache there); elsewhere the extra registers spilled (q3f16_g64asym with the
         old tables 1.2x slower, with shared tables 3 % slower)."""
-        return 2 if self.shared_tables() and self.group > self.epw * WORDS[self.epw] else 1
+        return 2 if self.shared_tables() and self.group > self.chunk.codes else 1
 
     def shared_tables(self) -> bool:
         """3-bit groups of 64 and 128 (a chunk of 80 codes spans at most 2): each group's table
@@ -420,62 +472,67 @@ class LutGEMV:
         by every chunk it covers. Not for groups of 32 (3 groups a chunk: 3 permutes per
         vector, 8 % slower than two pair registers and vpermt2ps) nor 40 (q3f16_1: a chunk is
         2 whole groups, no table to share)."""
-        return self.epw == 10 and self.groups_per_chunk() <= 2 and self.group % LANES == 0
+        return (self.lanes == LANES and self.epw == 10 and self.groups_per_chunk() <= 2
+                and self.group % LANES == 0)
 
     def _words(self, n, word, v: int = 0) -> tirx.PrimExpr:
         """The words of vector ``v`` of the chunk, lane l holding its word (l % chunk.words but
         with ``quads``): one broadcast load."""
         chunk = self.chunk
         if chunk.words == 1:
-            return _splat(self.q_weight, [n, word])
+            return _splat(self.q_weight, [n, word], self.lanes)
         # The last chunk of a row may hold fewer words: lanes past the row repeat its last word
         # (their x is 0); a static count, since only the static tail chunk can be short.
         have = min(chunk.words, self.words - word) if isinstance(word, int) else chunk.words
-        lanes = [chunk.code(v, lane) // chunk.epw for lane in range(LANES)]
+        lanes = [chunk.code(v, lane) // chunk.epw for lane in range(self.lanes)]
         first = min(min(lanes), have - 1)  # quads: load only the 4 words the vector reads
         count = min(max(lanes) + 1, have) - first
         if count == 1:
-            return _splat(self.q_weight, [n, word + first])
+            return _splat(self.q_weight, [n, word + first], self.lanes)
         loaded = self.q_weight[n, tirx.Ramp(word + first, 1, count)]
-        return tirx.Shuffle([loaded] * math.ceil(LANES / count),
+        return tirx.Shuffle([loaded] * math.ceil(self.lanes / count),
                             [min(w, have - 1) - first for w in lanes])
 
     def _tables(self, n, groups: list) -> list:
         """One or two table registers holding the tables of ``groups`` (consecutive slots of
         2^bits lanes; a single group fills all 16 lanes periodically)."""
         size = 1 << self.bits
-        slots = LANES // size
+        slots = self.lanes // size
         tables = []
         for first in range(0, len(groups), slots):
             tables.append(self._table(n, groups[first:first + slots]))
         return tables
 
-    def _table(self, n, members: list) -> tirx.PrimExpr:
-        """float16((j - zero) * scale) in every lane, j = lane % 2^bits; with several groups,
-        lanes [i * 2^bits, (i + 1) * 2^bits) hold member i's table."""
-        size = 1 << self.bits
-        codes = _const_vector([float(lane & self.mask) for lane in range(LANES)], "float32")
+    def _table(self, n, members: list, first_code: int = 0) -> tirx.PrimExpr:
+        """float16((j - zero) * scale) in every lane, j = first_code + lane % 2^bits; with
+        several groups, lanes [i * 2^bits, (i + 1) * 2^bits) hold member i's table."""
+        size, lanes = 1 << self.bits, self.lanes
+        codes = _const_vector([float(first_code + (lane & self.mask)) for lane in range(lanes)],
+                              "float32")
 
         def per_lane(value_of):
             value = value_of(members[-1])
             for i in range(len(members) - 2, -1, -1):
-                inside = [lane // size == i for lane in range(LANES)]
+                inside = [lane // size == i for lane in range(lanes)]
                 value = tirx.Select(_const_vector(inside, "bool"), value_of(members[i]), value)
             return value
 
-        scale = per_lane(lambda g: _splat(self.q_scale, [n, g]).astype("float32x16"))
+        scale = per_lane(lambda g: _splat(self.q_scale, [n, g], lanes).astype(self.vec("float32")))
         if self.q_zero is None:
-            zero = tirx.Broadcast(tirx.const(self.zero_const, "float32"), LANES)
+            zero = tirx.Broadcast(tirx.const(self.zero_const, "float32"), lanes)
         else:
             zero = per_lane(self._zero_vector(n))
-        return ((codes - zero) * scale).astype("float16x16").astype("float32x16")
+        return ((codes - zero) * scale).astype(self.vec("float16")).astype(self.vec("float32"))
 
     def _zero_vector(self, n):
+        lanes = self.lanes
+
         def zero(g):
-            word = _splat(self.q_zero, [n, tirx.floordiv(g, self.epw)])
+            word = _splat(self.q_zero, [n, tirx.floordiv(g, self.epw)], lanes)
             shift = tirx.Broadcast((tirx.floormod(g, self.epw) * self.bits).astype("uint32"),
-                                   LANES)
-            return ((word >> shift) & tirx.Broadcast(u32(self.mask), LANES)).astype("float32x16")
+                                   lanes)
+            return ((word >> shift) & tirx.Broadcast(u32(self.mask), lanes)).astype(
+                self.vec("float32"))
         return zero
 
 
