@@ -69,7 +69,26 @@ bound by its shifts, permutes and ternary logic and by the FMA chains), shared t
 of 32 (8 % slower), ``ROWS`` 2, 3 or 6 (6-20 % slower). In-cache the masked permutes cost
 q3f16_g128asym ~20 %: without them (wrong results) it was faster than 4-bit.
 
-Other targets (no AVX-512) and any dequantize of another form keep the schedule below
+AVX2 (``lut_lanes`` 8: most laptop and desktop x86 CPUs, AMD Zen 2/3) gets the same kernel in
+8-lane registers, since 2026-12-06. ``vpermps ymm`` reads the index's low 3 bits, so a 3-bit
+table is one register and needs no mask, a 2-bit table one register, periodic; a 4-bit table
+is two registers (codes 0-7, 8-15), two ``vpermps`` and a blend on the code's bit 3. A chunk is
+one word at 2 and 4 bits (1 and 2 vectors, always in one group) and four words at 3 bits (40
+codes, 5 vectors of 2 codes a word): a q3f16_1 chunk is one group, and where a vector of the
+straddling 3-bit modes meets two groups it blends their two lookups by a constant lane mask.
+Each group's table is built once per row and block. Measured on 2 shared Zen 3 cores
+(``znver3``, no AVX-512), old = the schedule form below, interleaved, weights rotated
+(``benchmarks/results/cpu_kernels_amd_epyc_znver3.md``), median ms of SmolLM2's gate_up
+3072x576: q4f16_1 0.269 -> 0.222, q4f16_g128asym 0.333 -> 0.234, q3f16_1 0.562 -> 0.114,
+q3f16_g128asym 0.455 -> 0.136, q2f16_g128asym 0.385 -> 0.111; the GEMVs of a decode step
+q4f16_1 19.1 -> 16.7, q3f16_1 47.3 -> 9.1, q3f16_g128asym 38.1 -> 11.1, q2f16_g128asym
+29.7 -> 9.0. So on AVX2 3-bit and 2-bit now run ahead of 4-bit, where they had trailed it.
+The model's decode (``benchmarks/decode_ab.py``, old and new library alternating): q4f16_1
+37.3 -> 45.3 tok/s, q3f16_1 16.8 -> 67.2, q3f16_g128asym 31.8 -> 72.0, q2f16_g128asym 36.1
+-> 76.5. 4-bit stays the slowest: 7 instructions per 8 codes (two permutes and the blend)
+against 4 at 2 and 3 bits; ``ROWS`` 2 or 3 was no faster there.
+
+Targets without AVX2 and any dequantize of another form keep the schedule below
 (``_schedule``): dequantize inline, 16-lane ``rfactor`` partial sums, ``ROWS`` rows
 interleaved, rows across cores, 3-bit groups that straddle words unpacked in a phase of their
 own.
