@@ -235,7 +235,7 @@ class LutGEMV:
     k: int
     bits: int
     group: int
-    lanes: int = LANES  # AVX-512's 16, or AVX2's 8 (2- and 4-bit words only)
+    lanes: int = LANES  # AVX-512's 16, or AVX2's 8
 
     @property
     def epw(self) -> int:
@@ -284,7 +284,8 @@ class LutGEMV:
                       zero_const=float(2 ** (bits - 1) - 1), out=out, n=info.n, k=info.k,
                       bits=bits, group=info.group, lanes=lanes)
         if lut.groups_per_chunk() > max(1, 2 * (lanes >> bits)):
-            return None  # more tables than the two registers vpermt2ps reads
+            return None  # more tables than a chunk reads (AVX-512: the two registers of
+            # vpermt2ps; AVX2: one group a chunk at 4 bits, two at 3)
         i, j = (iv.var for iv in unpack.iter_vars)
         wi, wj = (iv.var for iv in weight.iter_vars)
         *rows, n, k = (iv.var for iv in block.iter_vars)
