@@ -156,10 +156,6 @@ class _Lane:
         self._spread: dict = {}
         self._group: dict = {}
 
-    @property
-    def mmas(self) -> int:
-        return _mma_count(self.plan, self.v)
-
     def _spread_word(self, r: int, w: int):
         if (r, w) not in self._spread:
             self._spread[(r, w)] = T.bind(self.pairs.spread(self.words[r * self.v + w]))
@@ -356,7 +352,7 @@ def _mma_step(plan: MmaPlan, bufs: dict, row0, tx, base, v: int, xs, acc) -> Non
     lane = _Lane(plan, bufs, row0, tx, base, v, xs)
     a = T.alloc_local((8,), "float16")
     b = T.alloc_local((4,), "float16")
-    for m in range(lane.mmas):
+    for m in range(_mma_count(plan, v)):
         _fill(lane, m, a, 0, b, 0)
         T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "fp16", "fp16", "fp32",
                                     a.data, 0, b.data, 0, acc.data, 0, False, dtype="float32"))
